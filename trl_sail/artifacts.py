@@ -1,0 +1,211 @@
+"""What a run leaves behind: diffusers pipelines or LoRA weights, model cards, checkpoints, and Hub pushes.
+
+Every artifact loads in plain diffusers, with no code of ours:
+- full fine-tune: `DiffusionPipeline.from_pretrained(dir)`;
+- LoRA: `pipe.load_lora_weights(dir)` over the base model named in the model card.
+"""
+
+import json
+import os
+import shutil
+
+import torch
+from diffusers import DiffusionPipeline
+
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+UNET_CHECKPOINT_DIR = "unet"
+
+
+def is_peft_unet(unet: torch.nn.Module) -> bool:
+    return bool(getattr(unet, "_hf_peft_config_loaded", False))
+
+
+def lora_state_dict(unet: torch.nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The adapter's weights with diffusers' key names (what `load_lora_weights` expects)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    state_dict = get_peft_model_state_dict(unet, adapter_name=adapter_name)
+    return {k: v.detach().cpu().contiguous() for k, v in convert_state_dict_to_diffusers(state_dict).items()}
+
+
+def save_model_artifact(
+    pipeline: DiffusionPipeline, unet: torch.nn.Module, output_dir: str, adapter_name: str = "default"
+) -> None:
+    """Write a full pipeline (full fine-tune) or diffusers LoRA weights (PEFT UNet) to `output_dir`."""
+    os.makedirs(output_dir, exist_ok=True)
+    if is_peft_unet(unet):
+        type(pipeline).save_lora_weights(output_dir, unet_lora_layers=lora_state_dict(unet, adapter_name))
+        return
+    original_unet = pipeline.unet
+    pipeline.unet = unet
+    try:
+        pipeline.save_pretrained(output_dir)
+    finally:
+        pipeline.unet = original_unet
+
+
+def save_unet_checkpoint(unet: torch.nn.Module, checkpoint_dir: str, adapter_name: str = "default") -> None:
+    """The trainable weights only (Trainer checkpoints: optimizer and RNG states are saved beside them)."""
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    if is_peft_unet(unet):
+        from safetensors.torch import save_file
+
+        save_file(lora_state_dict(unet, adapter_name), os.path.join(checkpoint_dir, LORA_WEIGHTS_NAME))
+    else:
+        unet.save_pretrained(os.path.join(checkpoint_dir, UNET_CHECKPOINT_DIR))
+
+
+def load_unet_checkpoint(unet: torch.nn.Module, checkpoint_dir: str, adapter_name: str = "default") -> None:
+    """Load weights written by `save_unet_checkpoint` into `unet`, in place."""
+    from safetensors.torch import load_file
+
+    if is_peft_unet(unet):
+        path = os.path.join(checkpoint_dir, LORA_WEIGHTS_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{checkpoint_dir} has no {LORA_WEIGHTS_NAME}: it is not a LoRA checkpoint.")
+        load_lora_into_unet(unet, load_file(path), adapter_name)
+        return
+    directory = os.path.join(checkpoint_dir, UNET_CHECKPOINT_DIR)
+    files = [f for f in os.listdir(directory) if f.endswith(".safetensors")] if os.path.isdir(directory) else []
+    if not files:
+        raise FileNotFoundError(f"{checkpoint_dir} has no {UNET_CHECKPOINT_DIR}/ weights: not a full-UNet checkpoint.")
+    state_dict = {}
+    for name in files:
+        state_dict.update(load_file(os.path.join(directory, name)))
+    unet.load_state_dict(state_dict)
+
+
+def load_lora_into_unet(unet: torch.nn.Module, diffusers_state_dict: dict, adapter_name: str = "default") -> None:
+    """Copy diffusers-format LoRA weights into an existing adapter of `unet` (strict: every key must match)."""
+    from peft.utils import set_peft_model_state_dict
+
+    peft_state_dict = {}
+    for key, value in diffusers_state_dict.items():
+        key = key.removeprefix("unet.").replace("lora.down.", "lora_A.").replace("lora.up.", "lora_B.")
+        peft_state_dict[key] = value
+    result = set_peft_model_state_dict(unet, peft_state_dict, adapter_name=adapter_name)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"LoRA weights do not match the UNet's adapter: unexpected keys {unexpected[:5]}...")
+
+
+def write_model_card(
+    output_dir: str,
+    base_model: str,
+    method: str,
+    is_lora: bool,
+    hyperparameters: dict,
+    metrics: dict | None = None,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    description: str = "",
+) -> str:
+    """A diffusers text-to-image model card (README.md): base model, method, hyperparameters, how to load."""
+    tags = ["text-to-image", "diffusers", "trl", "trl_sail", method.lower().replace(" ", "-")]
+    if is_lora:
+        tags += ["lora", "diffusers-training"]
+    where = repo_id or output_dir
+    revision_arg = f', revision="{revision}"' if revision else ""
+    if is_lora:
+        load = (
+            "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
+            f'pipe = DiffusionPipeline.from_pretrained("{base_model}", torch_dtype=torch.float16).to("cuda")\n'
+            f'pipe.load_lora_weights("{where}"{revision_arg})\n'
+            'image = pipe("a photo of an astronaut riding a horse").images[0]\n```'
+        )
+    else:
+        load = (
+            "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
+            f'pipe = DiffusionPipeline.from_pretrained("{where}"{revision_arg}, torch_dtype=torch.float16).to("cuda")\n'
+            'image = pipe("a photo of an astronaut riding a horse").images[0]\n```'
+        )
+    rows = "\n".join(f"| {k} | {v} |" for k, v in hyperparameters.items())
+    metric_rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in (metrics or {}).items())
+    metrics_section = f"\n## Results\n\n| metric | value |\n|---|---|\n{metric_rows}\n" if metrics else ""
+    kind = "LoRA weights" if is_lora else "a fully fine-tuned pipeline"
+    card = f"""---
+base_model: {base_model}
+library_name: diffusers
+license: openrail++
+pipeline_tag: text-to-image
+tags:
+{chr(10).join(f"- {t}" for t in tags)}
+---
+
+# {method} — {os.path.basename(os.path.normpath(where))}
+
+This repository holds {kind} for `{base_model}`, aligned with **{method}** using
+[trl_sail](https://github.com/trl-sail/trl_sail). {description}
+
+## How to load
+
+{load}
+
+## Training hyperparameters
+
+| parameter | value |
+|---|---|
+{rows}
+{metrics_section}
+## Method
+
+Diffusion-DPO (Wallace et al., 2023) trains on preference pairs with loss -log sigmoid(r(x_w) - r(x_l)), where
+r(x) = -(beta/2) (e_policy(x) - e_reference(x)) and e is the per-image denoising error. SAIL (ICLR 2026) starts from a
+small human seed set and iterates: the model generates candidates, ranks them with that implicit reward, and trains
+Diffusion-DPO on its best/worst pairs mixed with the human seeds.
+"""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "README.md")
+    with open(path, "w") as f:
+        f.write(card)
+    return path
+
+
+# ----- Hub -----
+def push_folder(
+    api, folder: str, repo_id: str, revision: str | None = None, commit_message: str = "Upload", token=None,
+    private: bool | None = None, repo_type: str = "model",
+) -> None:
+    """Upload `folder` to `repo_id` (at branch `revision`, created from main if missing).
+
+    `api` is a `huggingface_hub.HfApi` or any object with the same `create_repo`, `create_branch` and
+    `upload_folder` methods (tests use a file-backed stand-in).
+    """
+    api.create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type=repo_type)
+    if revision not in (None, "main"):
+        api.create_branch(repo_id, branch=revision, token=token, exist_ok=True, repo_type=repo_type)
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        revision=revision,
+        commit_message=commit_message,
+        token=token,
+        repo_type=repo_type,
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "*.tmp", "validation/**", "runs/**"],
+    )
+
+
+def atomic_directory(final_dir: str):
+    """Context manager: write into `final_dir + ".tmp"`, rename to `final_dir` only when the block succeeds."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def _writer():
+        tmp = final_dir.rstrip("/") + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        yield tmp
+        shutil.rmtree(final_dir, ignore_errors=True)
+        os.replace(tmp, final_dir)
+
+    return _writer()
+
+
+def write_json(path: str, data) -> None:
+    """Write JSON atomically (a crash never leaves half a file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)

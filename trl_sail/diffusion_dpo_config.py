@@ -1,0 +1,149 @@
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class DiffusionDPOConfig(TrainingArguments):
+    r"""
+    Configuration class for the [`DiffusionDPOTrainer`].
+
+    This class includes only the parameters that are specific to Diffusion-DPO training. For the full list of training
+    arguments, see [`~transformers.TrainingArguments`]. Some defaults differ from [`~transformers.TrainingArguments`]:
+    `remove_unused_columns=False` (rows hold images, not token ids), `ddp_find_unused_parameters=False`,
+    `learning_rate=1e-5`, `logging_steps=10`.
+
+    Parameters:
+        > Parameters that control the model
+
+        model_init_kwargs (`dict[str, Any]`, *optional*):
+            Keyword arguments for [`~diffusers.DiffusionPipeline.from_pretrained`], used when the `model` argument of
+            the [`DiffusionDPOTrainer`] is a string: `torch_dtype` (`"float16"`, `"bfloat16"`, `"float32"`, applied to
+            the frozen VAE and text encoders; the trained UNet stays in float32 and mixed precision comes from
+            `bf16`/`fp16`), `variant` (e.g. `"fp16"`) and `revision`.
+        reference_adapter_name (`str`, *optional*):
+            With PEFT, the name of a frozen LoRA adapter of the UNet to use as the reference model instead of the
+            UNet with adapters disabled. SAIL's later rounds use it (reference = base + previous round's LoRA).
+
+        > Parameters that control the data
+
+        resolution (`int`, *optional*):
+            Training resolution in pixels (square crops). Defaults to the pipeline's native resolution (UNet sample
+            size times the VAE scale factor: 512 for SD1.5, 1024 for SDXL). Must be a multiple of the total down
+            sampling factor of the VAE and UNet.
+        random_crop (`bool`, *optional*, defaults to `False`):
+            Crop at a random offset instead of the centre. The same offset is used for the winner and the loser, and
+            the offset is passed to SDXL as its crop conditioning.
+        random_flip (`bool`, *optional*, defaults to `False`):
+            Flip the pair horizontally with probability 0.5 (both images together).
+        proportion_empty_prompts (`float`, *optional*, defaults to `0.0`):
+            Fraction of pairs whose prompt is replaced by `""` during training (the authors' script uses 0.2), so the
+            model keeps its unconditional branch for classifier-free guidance.
+        cache_latents (`bool`, *optional*, defaults to `False`):
+            Encode every image with the VAE once before training and train on the stored latents. Incompatible with
+            `random_crop`/`random_flip` (a cache would freeze one augmentation): the combination is refused.
+        cache_prompt_embeddings (`bool`, *optional*, defaults to `False`):
+            Encode every prompt once before training. Empty-prompt dropout still works (the empty prompt's embedding
+            is computed once).
+        validate_images (`bool`, *optional*, defaults to `True`):
+            Open every image once before training so that an undecodable image is reported with its row before any
+            compute is spent.
+        dataset_num_proc (`int`, *optional*):
+            Unused placeholder kept for TRL parity.
+
+        > Parameters that control the training
+
+        beta (`float`, *optional*, defaults to `5000.0`):
+            Diffusion-DPO temperature in the convention loss = -log sigmoid(-(beta / 2) * (d_theta - d_ref)), with
+            d = e(x_w) - e(x_l) and e the unweighted mean squared denoising error. 5000 is the authors' value; the
+            diffusers example's 2500 without the 1/2 is the same loss.
+
+        > Parameters that control validation images
+
+        validation_prompts (`list[str]`, *optional*):
+            Prompts sampled with fixed seeds every `validation_steps` optimizer steps and at the end of training. The
+            grids are saved under `output_dir/validation/` and logged to the trackers of `report_to`.
+        validation_steps (`int`, *optional*, defaults to `500`):
+            Sample the validation prompts every this many optimizer steps.
+        num_validation_images (`int`, *optional*, defaults to `2`):
+            Images per validation prompt (seeds `validation_seed`, `validation_seed + 1`, ...).
+        validation_seed (`int`, *optional*, defaults to `0`):
+            First seed of the validation images.
+        validation_num_inference_steps (`int`, *optional*, defaults to `25`):
+            Sampling steps of the validation images.
+        validation_guidance_scale (`float`, *optional*, defaults to `7.5`):
+            Classifier-free guidance scale of the validation images.
+    """
+
+    # Defaults that differ from TrainingArguments.
+    learning_rate: float = field(default=1e-5, metadata={"help": "The initial learning rate for AdamW."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every X update steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep every column: preference rows hold images, not model inputs."}
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every trainable UNet parameter is used in each step."}
+    )
+
+    # Model
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for `DiffusionPipeline.from_pretrained` (torch_dtype, variant, revision)."},
+    )
+    reference_adapter_name: str | None = field(
+        default=None, metadata={"help": "With PEFT: a frozen named LoRA adapter used as the reference model."}
+    )
+
+    # Data
+    resolution: int | None = field(
+        default=None, metadata={"help": "Training resolution; defaults to the pipeline's native resolution."}
+    )
+    random_crop: bool = field(default=False, metadata={"help": "Random crop, identical for winner and loser."})
+    random_flip: bool = field(default=False, metadata={"help": "Random horizontal flip of the pair."})
+    proportion_empty_prompts: float = field(
+        default=0.0, metadata={"help": "Fraction of prompts replaced by '' during training (authors: 0.2)."}
+    )
+    cache_latents: bool = field(default=False, metadata={"help": "Precompute VAE latents before training."})
+    cache_prompt_embeddings: bool = field(
+        default=False, metadata={"help": "Precompute prompt embeddings before training."}
+    )
+    validate_images: bool = field(
+        default=True, metadata={"help": "Open every image before training to report undecodable rows early."}
+    )
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Unused; kept for TRL parity."})
+
+    # Training
+    beta: float = field(default=5000.0, metadata={"help": "Diffusion-DPO beta (loss uses beta/2; authors: 5000)."})
+
+    # Validation images
+    validation_prompts: list[str] | None = field(
+        default=None, metadata={"help": "Prompts sampled with fixed seeds during and after training."}
+    )
+    validation_steps: int = field(default=500, metadata={"help": "Sample validation prompts every N steps."})
+    num_validation_images: int = field(default=2, metadata={"help": "Images per validation prompt."})
+    validation_seed: int = field(default=0, metadata={"help": "First seed of the validation images."})
+    validation_num_inference_steps: int = field(default=25, metadata={"help": "Validation sampling steps."})
+    validation_guidance_scale: float = field(default=7.5, metadata={"help": "Validation CFG scale."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.model_init_kwargs, str):
+            import json
+
+            self.model_init_kwargs = json.loads(self.model_init_kwargs)
+        if not self.beta > 0:
+            raise ValueError(
+                f"beta must be > 0, got {self.beta}. It scales the implicit reward; the usual value is 5000."
+            )
+        if not 0.0 <= self.proportion_empty_prompts <= 1.0:
+            raise ValueError(f"proportion_empty_prompts must be in [0, 1], got {self.proportion_empty_prompts}.")
+        if self.cache_latents and (self.random_crop or self.random_flip):
+            raise ValueError(
+                "cache_latents=True cannot be combined with random_crop/random_flip: cached latents would freeze a "
+                "single augmentation per image. Set random_crop=False and random_flip=False, or cache_latents=False."
+            )
+        if self.resolution is not None and self.resolution <= 0:
+            raise ValueError(f"resolution must be a positive number of pixels, got {self.resolution}.")
+        if self.validation_steps <= 0:
+            raise ValueError(f"validation_steps must be > 0, got {self.validation_steps}.")

@@ -1,0 +1,413 @@
+"""Diffusion-DPO (Wallace et al., 2023) as a `transformers.Trainer` over a diffusers UNet.
+
+Read top to bottom: loading (pipeline, LoRA, reference), data (schemas, caching), the loss (`compute_loss`), metrics
+(`log`), validation images, and saving / resuming / pushing diffusers artifacts.
+"""
+
+import copy
+import logging
+import math
+import os
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import Trainer, TrainerCallback
+
+from .artifacts import (
+    is_peft_unet,
+    load_unet_checkpoint,
+    push_folder,
+    save_model_artifact,
+    save_unet_checkpoint,
+    write_model_card,
+)
+from .data import SOURCE_NAMES, DiffusionDPODataCollator, PairTransform, PreferencePairs
+from .diffusion_dpo_config import DiffusionDPOConfig
+from .models import TextToImageModel, UNetConditioning, UNetView, load_pipeline
+from .rewards import denoising_errors, diffusion_dpo_loss
+from .validation import ValidationImagesCallback
+
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class DiffusionDPOTrainer(Trainer):
+    """
+    Trainer for Diffusion-DPO on text-to-image diffusion models (SD1.5-type and SDXL-type pipelines).
+
+    Args:
+        model (`str` or `DiffusionPipeline`):
+            A Hub id, a local pipeline directory, or an already-built pipeline. Its UNet is trained; VAE and text
+            encoders stay frozen.
+        ref_model (`str`, `DiffusionPipeline`, `UNet2DConditionModel` or `UNetView`, *optional*):
+            The reference model. If `None`: with `peft_config` (or a UNet that already has LoRA adapters), the same
+            UNet with adapters disabled, or the frozen adapter `args.reference_adapter_name`; otherwise a frozen copy
+            of the starting UNet.
+        args ([`DiffusionDPOConfig`], *optional*):
+            Configuration. Defaults to `DiffusionDPOConfig(f"{model_name}-DiffusionDPO")`.
+        data_collator (*optional*): Defaults to [`DiffusionDPODataCollator`].
+        train_dataset ([`~datasets.Dataset`] or `PreferencePairs`):
+            Preference pairs, Pick-a-Pic schema or TRL-like schema (see docs/dataset_formats.md).
+        eval_dataset (*optional*): Same schema, for `eval_` metrics.
+        callbacks, optimizers: As in [`~transformers.Trainer`].
+        peft_config (`peft.LoraConfig`, *optional*):
+            Train LoRA adapters on the UNet (e.g. `target_modules=["to_q", "to_k", "to_v", "to_out.0"]`).
+        hub_api (*optional*):
+            The Hub client used by `push_to_hub` (`huggingface_hub.HfApi()` by default).
+    """
+
+    _method_name = "Diffusion-DPO"
+    # SAIL sets this: its batches mix human seed pairs and self-generated pairs, logged apart as seed/... and self/...
+    log_metrics_per_source = False
+
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args: DiffusionDPOConfig | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: "Dataset | PreferencePairs | None" = None,
+        eval_dataset: "Dataset | PreferencePairs | None" = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers=(None, None),
+        peft_config=None,
+        hub_api=None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else "model"
+            args = DiffusionDPOConfig(f"{name.split('/')[-1]}-DiffusionDPO")
+        if train_dataset is None:
+            raise ValueError(
+                "DiffusionDPOTrainer needs a `train_dataset` of preference pairs: columns prompt/chosen/rejected "
+                "(TRL-like) or caption/jpg_0/jpg_1/label_0/label_1 (Pick-a-Pic)."
+            )
+        # Data first: a bad dataset fails before any model is loaded.
+        self.train_pairs = self._as_pairs(train_dataset, "train_dataset", args)
+        self.eval_pairs = self._as_pairs(eval_dataset, "eval_dataset", args) if eval_dataset is not None else None
+
+        # Model: the pipeline's frozen parts, and its UNet as the trained model.
+        init_kwargs = dict(args.model_init_kwargs or {})
+        pipeline = load_pipeline(model, **init_kwargs)
+        self.pipeline = pipeline
+        self.base_model_id = model if isinstance(model, str) else (pipeline.name_or_path or "unknown")
+        self.t2i = TextToImageModel(pipeline)
+        self.resolution = args.resolution or pipeline.unet.config.sample_size * self.t2i.vae_scale_factor
+        self.t2i.check_resolution(self.resolution)
+        unet = pipeline.unet
+        if peft_config is not None:
+            if is_peft_unet(unet) and "default" in unet.peft_config:
+                raise ValueError(
+                    "The UNet already has a LoRA adapter named 'default'; pass `peft_config=None` to train it as is."
+                )
+            unet.requires_grad_(False)
+            unet.add_adapter(peft_config)
+        elif not is_peft_unet(unet):
+            unet.requires_grad_(True)
+        unet.train()
+        self.policy = UNetView(unet)
+        self.reference = self._make_reference(ref_model, unet, args)
+        if self.reference.same_weights_as(self.policy):
+            raise ValueError("The reference model is the policy itself: every reward would be 0.")
+        if args.gradient_checkpointing or args.activation_checkpointing:
+            # Trainer would call `activation_checkpointing_enable`, which diffusers models do not have.
+            unet.enable_gradient_checkpointing()
+            args.gradient_checkpointing = args.activation_checkpointing = False
+
+        if data_collator is None:
+            data_collator = DiffusionDPODataCollator(
+                PairTransform(self.resolution, args.random_crop, args.random_flip), seed=args.seed
+            )
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._saving_checkpoint = False
+        self._eval_generator = None
+        self.hub_api = hub_api
+        super().__init__(
+            model=unet,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=self.train_pairs,
+            eval_dataset=self.eval_pairs,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        frozen_dtype = init_kwargs.get("torch_dtype")
+        frozen_dtype = getattr(torch, frozen_dtype) if isinstance(frozen_dtype, str) else frozen_dtype
+        self.t2i.to(self.accelerator.device, frozen_dtype)
+        if self.reference.unet is not unet:
+            self.reference.unet.to(self.accelerator.device)
+        self.empty_prompt_embeds = self.t2i.encode_prompts([""])
+        self._prepare_caches()
+        if args.validation_prompts:
+            self.add_callback(ValidationImagesCallback(self))
+
+    # ------------------------------------------------------------------ loading
+    @staticmethod
+    def _as_pairs(dataset, name: str, args: DiffusionDPOConfig) -> PreferencePairs:
+        pairs = dataset if isinstance(dataset, PreferencePairs) else PreferencePairs(dataset, name=name)
+        if args.validate_images:
+            pairs.validate_images()
+        return pairs
+
+    @staticmethod
+    def _make_reference(ref_model, unet, args) -> UNetView:
+        if isinstance(ref_model, UNetView):
+            return ref_model
+        if ref_model is not None:
+            ref_unet = load_pipeline(ref_model).unet if not isinstance(ref_model, torch.nn.Module) else ref_model
+            if is_peft_unet(unet) and args.reference_adapter_name is None:
+                logger.warning("A separate ref_model was given with PEFT: two UNets will be held in memory.")
+            return UNetView(ref_unet.requires_grad_(False).eval())
+        if is_peft_unet(unet):
+            name = args.reference_adapter_name
+            if name is not None and name not in unet.peft_config:
+                raise ValueError(
+                    f"reference_adapter_name={name!r} is not an adapter of the UNet (it has "
+                    f"{sorted(unet.peft_config)}). Load it first with `unet.load_lora_adapter(..., adapter_name=...)`."
+                )
+            return UNetView(unet, name or "disabled")
+        return UNetView(copy.deepcopy(unet).requires_grad_(False).eval())
+
+    # ------------------------------------------------------------------ caching
+    def _prepare_caches(self):
+        """Optionally encode every image / prompt once (see `cache_latents`, `cache_prompt_embeddings`)."""
+        self._latent_caches, self._prompt_cache = {}, {}
+        if not (self.args.cache_latents or self.args.cache_prompt_embeddings):
+            return
+        from .caching import build_latent_cache, build_prompt_cache
+
+        for pairs in (self.train_pairs, self.eval_pairs):
+            if pairs is None:
+                continue
+            if self.args.cache_prompt_embeddings:
+                self._prompt_cache.update(build_prompt_cache(self.t2i, pairs, self._prompt_cache))
+            if self.args.cache_latents:
+                self._latent_caches[id(pairs)] = build_latent_cache(self.t2i, pairs, self.data_collator.transform)
+                pairs.latent_cache = self._latent_caches[id(pairs)]
+
+    # ------------------------------------------------------------------ the loss
+    def encode_batch(self, inputs: dict, generator: torch.Generator | None = None):
+        """(winner latents, loser latents, UNet conditioning) for a collated batch, with empty-prompt dropout."""
+        device = self.accelerator.device
+        if "chosen_latents" in inputs:
+            latents_w, latents_l = inputs["chosen_latents"].to(device), inputs["rejected_latents"].to(device)
+        else:
+            latents = self.t2i.encode_images(torch.cat([inputs["chosen_pixel_values"], inputs["rejected_pixel_values"]]))
+            latents_w, latents_l = latents.chunk(2)
+        prompts = list(inputs["prompt"])
+        batch = len(prompts)
+        if self.model.training and self.args.proportion_empty_prompts > 0:
+            drop = torch.rand(batch, generator=generator) < self.args.proportion_empty_prompts
+        else:
+            drop = torch.zeros(batch, dtype=torch.bool)
+        if self._prompt_cache:
+            hidden = torch.stack([self._prompt_cache[p][0] for p in prompts]).to(device)
+            pooled = None if self.empty_prompt_embeds[1] is None else torch.stack([self._prompt_cache[p][1] for p in prompts]).to(device)
+        else:
+            hidden, pooled = self.t2i.encode_prompts(prompts)
+        if drop.any():
+            hidden = torch.where(drop.to(device)[:, None, None], self.empty_prompt_embeds[0], hidden)
+            if pooled is not None:
+                pooled = torch.where(drop.to(device)[:, None], self.empty_prompt_embeds[1], pooled)
+        conditioning = self.t2i.conditioning(
+            hidden,
+            pooled,
+            original_sizes=inputs.get("original_size"),
+            crops_top_left=inputs.get("crop_top_left"),
+            target_size=(self.resolution, self.resolution),
+        )
+        return latents_w, latents_l, conditioning
+
+    def pair_errors(self, unet, latents_w, latents_l, conditioning: UNetConditioning, generator=None):
+        """Policy and reference errors on both images of each pair, with one (noise, timestep) per pair.
+
+        The policy runs once over [winners; losers]; the reference the same, without gradients.
+        """
+        batch = len(latents_w)
+        noise = torch.randn(latents_w.shape, generator=generator).to(latents_w.device)
+        timesteps = torch.randint(0, self.t2i.num_train_timesteps, (batch,), generator=generator).to(latents_w.device)
+        latents = torch.cat([latents_w, latents_l])
+        noise, timesteps, conditioning = torch.cat([noise, noise]), torch.cat([timesteps, timesteps]), conditioning.repeat(2)
+        scheduler = self.t2i.noise_scheduler
+        policy = denoising_errors(unet, scheduler, latents, noise, timesteps, conditioning)
+        with torch.no_grad(), self.reference.active() as reference_unet:
+            reference = denoising_errors(reference_unet, scheduler, latents, noise, timesteps, conditioning)
+        return policy.chunk(2), reference.chunk(2)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        generator = self._eval_generator if mode == "eval" else None
+        latents_w, latents_l, conditioning = self.encode_batch(inputs, generator)
+        (policy_w, policy_l), (ref_w, ref_l) = self.pair_errors(model, latents_w, latents_l, conditioning, generator)
+        output = diffusion_dpo_loss(policy_w, policy_l, ref_w, ref_l, self.args.beta)
+        loss = output.losses.mean()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"Non-finite Diffusion-DPO loss ({loss.item()}) at step {self.state.global_step}: training stopped "
+                f"before the optimizer step, and the last checkpoint in {self.args.output_dir} is intact. Lower the "
+                "learning rate or beta, or use bf16 instead of fp16, then resume with "
+                "`train(resume_from_checkpoint=True)`."
+            )
+        self._record_metrics(mode, output, policy_w, policy_l, ref_w, ref_l, inputs.get("source"))
+        return (loss, {"losses": output.losses.detach()}) if return_outputs else loss
+
+    # ------------------------------------------------------------------ metrics
+    def _record_metrics(self, mode, output, policy_w, policy_l, ref_w, ref_l, sources):
+        per_pair = {
+            "rewards/chosen": output.chosen_rewards,
+            "rewards/rejected": output.rejected_rewards,
+            "rewards/margins": output.margins,
+            "rewards/accuracies": output.accuracies,
+            "errors/policy_chosen": policy_w,
+            "errors/policy_rejected": policy_l,
+            "errors/reference_chosen": ref_w,
+            "errors/reference_rejected": ref_l,
+        }
+        gather = self.accelerator.gather_for_metrics
+        for name, values in per_pair.items():
+            self._metrics[mode][name].append(gather(values.detach().float()).mean().item())
+        if sources is None or not self.log_metrics_per_source:
+            return
+        # Per source (SAIL: human seed pairs vs self-generated pairs): reduce sums and counts, so every process
+        # contributes even when it holds no pair of a source this step.
+        sources = sources.to(output.losses.device)
+        for source_id, source_name in SOURCE_NAMES.items():
+            mask = (sources == source_id).float()
+            stats = torch.stack(
+                [
+                    mask.sum(),
+                    (output.losses.detach() * mask).sum(),
+                    (output.margins.detach() * mask).sum(),
+                    (output.accuracies * mask).sum(),
+                ]
+            )
+            count, loss_sum, margin_sum, accuracy_sum = self.accelerator.reduce(stats, reduction="sum").tolist()
+            if count > 0:
+                self._metrics[mode][f"{source_name}/loss"].append(loss_sum / count)
+                self._metrics[mode][f"{source_name}/rewards/margins"].append(margin_sum / count)
+                self._metrics[mode][f"{source_name}/rewards/accuracies"].append(accuracy_sum / count)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {name: float(np.mean(values)) for name, values in self._metrics[mode].items() if values}
+        if mode == "eval":
+            metrics = {f"eval_{name}": value for name, value in metrics.items()}
+        logs.update(metrics)
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
+
+    def evaluation_loop(self, *args, **kwargs):
+        # Fixed (noise, timestep) draws in evaluation, so eval metrics of two checkpoints compare like with like.
+        self._eval_generator = torch.Generator().manual_seed(self.args.seed)
+        try:
+            return super().evaluation_loop(*args, **kwargs)
+        finally:
+            self._eval_generator = None
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ------------------------------------------------------------------ saving, resuming, pushing
+    def _save_checkpoint(self, model, trial):
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        unet = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if self._saving_checkpoint:
+            save_unet_checkpoint(unet, output_dir)
+        else:
+            save_model_artifact(self.pipeline, unet, output_dir)
+            self.create_model_card()
+            with open(os.path.join(output_dir, "training_args.json"), "w") as f:
+                f.write(self.args.to_json_string())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        unet = self.accelerator.unwrap_model(model if model is not None else self.model)
+        load_unet_checkpoint(unet, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    def model_card_hyperparameters(self) -> dict:
+        args = self.args
+        world = args.world_size
+        return {
+            "method": self._method_name,
+            "beta": args.beta,
+            "learning_rate": args.learning_rate,
+            "effective batch size (pairs)": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
+            "optimizer steps": self.state.global_step,
+            "resolution": self.resolution,
+            "mixed precision": "bf16" if args.bf16 else ("fp16" if args.fp16 else "no"),
+            "LoRA": is_peft_unet(self.policy.unet),
+            "training pairs": len(self.train_pairs),
+            "ties dropped": self.train_pairs.num_ties,
+        }
+
+    def create_model_card(self, metrics: dict | None = None, **kwargs) -> None:
+        if not self.is_world_process_zero():
+            return
+        write_model_card(
+            self.args.output_dir,
+            base_model=self.base_model_id,
+            method=self._method_name,
+            is_lora=is_peft_unet(self.policy.unet),
+            hyperparameters=self.model_card_hyperparameters(),
+            metrics=metrics,
+            repo_id=self.args.hub_model_id,
+        )
+
+    def _get_hub_api(self):
+        if self.hub_api is None:
+            from huggingface_hub import HfApi
+
+            self.hub_api = HfApi()
+        return self.hub_api
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        if not self.is_world_process_zero():
+            return
+        repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        token = token if token is not None else self.args.hub_token
+        private = private if private is not None else self.args.hub_private_repo
+        url = self._get_hub_api().create_repo(repo_id, token=token, private=private, exist_ok=True)
+        self.hub_model_id = getattr(url, "repo_id", repo_id)
+        self.push_in_progress = None
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # Intermediate checkpoints stay local (they hold optimizer state, not a loadable model); `push_to_hub`
+        # uploads what `save_model` writes.
+        return
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
+                    revision: str | None = None, **kwargs):
+        """Save the model (pipeline or LoRA weights and model card) and upload `output_dir` to `hub_model_id`."""
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        if getattr(self, "hub_model_id", None) is None:
+            self.init_hf_repo(token=token)
+        push_folder(
+            self._get_hub_api(),
+            self.args.output_dir,
+            self.hub_model_id,
+            revision=revision or self.args.hub_revision,
+            commit_message=commit_message or "Upload",
+            token=token if token is not None else self.args.hub_token,
+        )
+        return self.hub_model_id

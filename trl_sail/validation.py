@@ -1,0 +1,96 @@
+"""Validation images, as the diffusers training scripts do it: fixed prompts and seeds, sampled every N steps and at
+the end, saved under `output_dir/validation/` and logged to the trackers of `report_to`."""
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import TrainerCallback
+
+
+def image_grid(images: list[Image.Image], rows: int, cols: int) -> Image.Image:
+    width, height = images[0].size
+    grid = Image.new("RGB", (cols * width, rows * height))
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % cols) * width, (i // cols) * height))
+    return grid
+
+
+@torch.no_grad()
+def sample_images(pipeline, unet, prompts, seeds, num_inference_steps, guidance_scale, resolution, device):
+    """One image per (prompt, seed), with `unet` swapped into the pipeline. Returns a list of PIL images."""
+    original_unet = pipeline.unet
+    pipeline.unet = unet
+    was_training = unet.training
+    unet.eval()
+    try:
+        images = []
+        for prompt in prompts:
+            for seed in seeds:
+                generator = torch.Generator(device="cpu").manual_seed(seed)
+                images += pipeline(
+                    prompt,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    height=resolution,
+                    width=resolution,
+                    generator=generator,
+                ).images
+        return images
+    finally:
+        pipeline.unet = original_unet
+        unet.train(was_training)
+
+
+class ValidationImagesCallback(TrainerCallback):
+    """Samples `args.validation_prompts` every `args.validation_steps` steps and at the end of training."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % args.validation_steps == 0:
+            self.log_validation(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.log_validation(state.global_step, final=True)
+
+    def log_validation(self, step: int, final: bool = False) -> str | None:
+        trainer = self.trainer
+        args = trainer.args
+        if not trainer.is_world_process_zero():
+            return None
+        unet = trainer.accelerator.unwrap_model(trainer.model)
+        seeds = [args.validation_seed + i for i in range(args.num_validation_images)]
+        pipeline = trainer.pipeline
+        pipeline.set_progress_bar_config(disable=True)
+        images = sample_images(
+            pipeline,
+            unet,
+            args.validation_prompts,
+            seeds,
+            args.validation_num_inference_steps,
+            args.validation_guidance_scale,
+            trainer.resolution,
+            trainer.accelerator.device,
+        )
+        grid = image_grid(images, rows=len(args.validation_prompts), cols=len(seeds))
+        directory = os.path.join(args.output_dir, "validation")
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"step_{step:06d}{'_final' if final else ''}.png")
+        grid.save(path)
+        self._log_to_trackers(grid, step)
+        return path
+
+    def _log_to_trackers(self, grid: Image.Image, step: int) -> None:
+        caption = " | ".join(self.trainer.args.validation_prompts)
+        for callback in self.trainer.callback_handler.callbacks:
+            name = type(callback).__name__
+            if name == "TensorBoardCallback" and getattr(callback, "tb_writer", None) is not None:
+                callback.tb_writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
+                callback.tb_writer.flush()
+            elif name == "WandbCallback" and getattr(callback, "_wandb", None) is not None and callback._initialized:
+                callback._wandb.log({"validation": callback._wandb.Image(grid, caption=caption)}, step=step)
+            elif name == "TrackioCallback" and getattr(callback, "_trackio", None) is not None:
+                callback._trackio.log({"validation": callback._trackio.Image(grid, caption=caption)}, step=step)
