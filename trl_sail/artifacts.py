@@ -122,7 +122,9 @@ def write_model_card(
             'image = pipe("a photo of an astronaut riding a horse").images[0]\n```'
         )
     rows = "\n".join(f"| {k} | {v} |" for k, v in hyperparameters.items())
-    metric_rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in (metrics or {}).items())
+    metric_rows = "\n".join(
+        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in (metrics or {}).items()
+    )
     metrics_section = f"\n## Results\n\n| metric | value |\n|---|---|\n{metric_rows}\n" if metrics else ""
     kind = "LoRA weights" if is_lora else "a fully fine-tuned pipeline"
     card = f"""---
@@ -165,8 +167,14 @@ Diffusion-DPO on its best/worst pairs mixed with the human seeds.
 
 # ----- Hub -----
 def push_folder(
-    api, folder: str, repo_id: str, revision: str | None = None, commit_message: str = "Upload", token=None,
-    private: bool | None = None, repo_type: str = "model",
+    api,
+    folder: str,
+    repo_id: str,
+    revision: str | None = None,
+    commit_message: str = "Upload",
+    token=None,
+    private: bool | None = None,
+    repo_type: str = "model",
 ) -> None:
     """Upload `folder` to `repo_id` (at branch `revision`, created from main if missing).
 

@@ -1,6 +1,6 @@
 """Preference data: the two accepted schemas, image decoding, and identical augmentation of winner and loser.
 
-Accepted schemas (documented in docs/dataset_formats.md):
+Accepted schemas (documented in docs/diffusion_dpo.md, "Expected dataset format"):
 - Pick-a-Pic: `caption`, `jpg_0`, `jpg_1`, `label_0`, `label_1`. Ties (0.5 / 0.5) are dropped and counted; the
   winner is put first.
 - TRL-like: `prompt`, `chosen`, `rejected`.
@@ -52,17 +52,23 @@ def _raw_image_columns(dataset: Dataset, columns: tuple[str, ...]) -> Dataset:
     return dataset
 
 
+def _open_raw(raw) -> Image.Image:
+    if isinstance(raw, (bytes, bytearray)):
+        return Image.open(io.BytesIO(raw))
+    if isinstance(raw, (str, os.PathLike)):
+        return Image.open(raw)
+    raise TypeError(f"unsupported image value of type {type(raw).__name__}")
+
+
 def load_image(value, where: str = "") -> Image.Image:
     """An RGB PIL image from a PIL image, bytes, a `datasets.Image` dict, or a path."""
     try:
         if isinstance(value, Image.Image):
             image = value
-        elif isinstance(value, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(value))
+        elif isinstance(value, (bytes, bytearray, str, os.PathLike)):
+            image = _open_raw(value)
         elif isinstance(value, dict):
-            image = load_image(value.get("bytes") or value.get("path"))
-        elif isinstance(value, (str, os.PathLike)):
-            image = Image.open(value)
+            image = _open_raw(value.get("bytes") or value.get("path"))
         else:
             raise TypeError(f"unsupported image value of type {type(value).__name__}")
         return image.convert("RGB")
@@ -121,14 +127,16 @@ class PreferencePairs(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         row = self.row(index)
+        # `index` keys the pair's crop/flip draw (see `DiffusionDPODataCollator`).
         if self.latent_cache is not None:
-            return {"prompt": row["prompt"] or "", "source": self.source, **self.latent_cache[index]}
+            return {"prompt": row["prompt"] or "", "source": self.source, "index": index, **self.latent_cache[index]}
         where = f"of {self.name} row {row['row']}"
         return {
             "prompt": row["prompt"] or "",
             "chosen": load_image(row["chosen"], f"'chosen' {where}"),
             "rejected": load_image(row["rejected"], f"'rejected' {where}"),
             "source": self.source,
+            "index": index,
         }
 
     def validate_images(self) -> None:
@@ -141,8 +149,8 @@ class PreferencePairs(torch.utils.data.Dataset):
                 if isinstance(value, Image.Image):
                     continue
                 try:
-                    raw = value.get("bytes") or value.get("path") if isinstance(value, dict) else value
-                    with Image.open(io.BytesIO(raw) if isinstance(raw, (bytes, bytearray)) else raw) as image:
+                    raw = (value.get("bytes") or value.get("path")) if isinstance(value, dict) else value
+                    with _open_raw(raw) as image:
                         image.verify()
                 except Exception as error:
                     raise ValueError(
@@ -156,7 +164,8 @@ class PairTransform:
     """Resize, crop and flip a winner and a loser identically; report SDXL's original size and crop offset.
 
     Both images are resized so the shorter side of the winner equals `resolution` (the loser to the same size),
-    then one crop offset and one flip decision are applied to both.
+    then one crop offset and one flip decision are applied to both. The reported crop offset is where the crop sits
+    in the image as the model sees it (after the flip), in resized pixels, as SDXL's micro-conditioning expects.
     """
 
     resolution: int
@@ -167,7 +176,9 @@ class PairTransform:
         original_size = (chosen.height, chosen.width)
         scale = self.resolution / min(chosen.height, chosen.width)
         size = (max(self.resolution, round(chosen.width * scale)), max(self.resolution, round(chosen.height * scale)))
-        chosen, rejected = (img.resize(size, Image.BILINEAR) if img.size != size else img for img in (chosen, rejected))
+        chosen, rejected = (
+            img.resize(size, Image.BILINEAR) if img.size != size else img for img in (chosen, rejected)
+        )
         width, height = size
         if self.random_crop:
             top, left = rng.randint(0, height - self.resolution), rng.randint(0, width - self.resolution)
@@ -181,6 +192,9 @@ class PairTransform:
             if flip:
                 image = image.transpose(Image.FLIP_LEFT_RIGHT)
             pixels.append(pil_to_tensor(image))
+        if flip:
+            # The flipped crop is the mirror-image window of the flipped full image.
+            left = width - left - self.resolution
         return {
             "chosen_pixel_values": pixels[0],
             "rejected_pixel_values": pixels[1],
@@ -199,16 +213,31 @@ class DiffusionDPODataCollator:
     """Turns decoded pairs into a batch: pixel tensors of winners and losers, prompts, SDXL size info, sources.
 
     Examples that already carry cached latents / prompt embeddings (see `cache_latents`) are stacked as they are.
+
+    Crop and flip draws are a pure function of (`seed`, epoch, source, pair index), so a run resumed from a checkpoint
+    sees exactly the augmentations an uninterrupted run would have (the trainer calls `set_epoch`). Examples without
+    an `index` fall back to torch's global RNG.
+
+    Args:
+        transform (`PairTransform`): resizing, cropping and flipping applied identically to winner and loser.
+        seed (`int`, *optional*, defaults to `0`): seed of the crop/flip draws.
     """
 
     def __init__(self, transform: PairTransform, seed: int = 0):
         self.transform = transform
-        # Crop/flip randomness: a generator of our own, re-seeded from torch's RNG (which Trainer checkpoints),
-        # so a resumed run sees the same augmentations as an uninterrupted one.
         self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def example_rng(self, example: dict) -> random.Random:
+        if "index" not in example:
+            return random.Random(int(torch.randint(0, 2**62, (1,)).item()) ^ self.seed)
+        key = [self.seed, self.epoch, int(example.get("source", SOURCE_SEED)), int(example["index"])]
+        return random.Random(int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0]))
 
     def __call__(self, examples: list[dict]) -> dict:
-        rng = random.Random(int(torch.randint(0, 2**62, (1,)).item()) ^ self.seed)
         batch: dict = {
             "prompt": [e["prompt"] for e in examples],
             "source": torch.tensor([e.get("source", SOURCE_SEED) for e in examples]),
@@ -218,7 +247,7 @@ class DiffusionDPODataCollator:
                 if key not in batch:
                     batch[key] = torch.stack([torch.as_tensor(e[key]) for e in examples])
             return batch
-        transformed = [self.transform(e["chosen"], e["rejected"], rng) for e in examples]
+        transformed = [self.transform(e["chosen"], e["rejected"], self.example_rng(e)) for e in examples]
         for key in transformed[0]:
             batch[key] = torch.stack([t[key] for t in transformed])
         return batch

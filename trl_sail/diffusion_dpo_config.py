@@ -89,7 +89,9 @@ class DiffusionDPOConfig(TrainingArguments):
     # Model
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
-        metadata={"help": "Keyword arguments for `DiffusionPipeline.from_pretrained` (torch_dtype, variant, revision)."},
+        metadata={
+            "help": "Keyword arguments for `DiffusionPipeline.from_pretrained` (torch_dtype, variant, revision)."
+        },
     )
     reference_adapter_name: str | None = field(
         default=None, metadata={"help": "With PEFT: a frozen named LoRA adapter used as the reference model."}

@@ -6,7 +6,6 @@ Read top to bottom: loading (pipeline, LoRA, reference), data (schemas, caching)
 
 import copy
 import logging
-import math
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -35,7 +34,18 @@ logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
-    pass
+    """Raised when the Diffusion-DPO loss is NaN or infinite, before the optimizer step of that batch."""
+
+
+class _CollatorEpochCallback(TrainerCallback):
+    """Tells the collator which epoch it collates, so crop/flip draws are keyed by (seed, epoch, pair)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # `state.epoch` is fractional when resuming mid-epoch; its integer part is the epoch being run.
+        self.collator.set_epoch(int(state.epoch or 0))
 
 
 class DiffusionDPOTrainer(Trainer):
@@ -54,7 +64,7 @@ class DiffusionDPOTrainer(Trainer):
             Configuration. Defaults to `DiffusionDPOConfig(f"{model_name}-DiffusionDPO")`.
         data_collator (*optional*): Defaults to [`DiffusionDPODataCollator`].
         train_dataset ([`~datasets.Dataset`] or `PreferencePairs`):
-            Preference pairs, Pick-a-Pic schema or TRL-like schema (see docs/dataset_formats.md).
+            Preference pairs, Pick-a-Pic schema or TRL-like schema (see docs/diffusion_dpo.md).
         eval_dataset (*optional*): Same schema, for `eval_` metrics.
         callbacks, optimizers: As in [`~transformers.Trainer`].
         peft_config (`peft.LoraConfig`, *optional*):
@@ -101,6 +111,10 @@ class DiffusionDPOTrainer(Trainer):
         self.resolution = args.resolution or pipeline.unet.config.sample_size * self.t2i.vae_scale_factor
         self.t2i.check_resolution(self.resolution)
         unet = pipeline.unet
+        if unet.dtype != torch.float32:
+            # `torch_dtype` is for the frozen parts: trained weights stay in float32 (mixed precision comes from
+            # bf16/fp16), otherwise AdamW and the grad scaler would work on half-precision master weights.
+            unet.to(torch.float32)
         if peft_config is not None:
             if is_peft_unet(unet) and "default" in unet.peft_config:
                 raise ValueError(
@@ -112,9 +126,16 @@ class DiffusionDPOTrainer(Trainer):
             unet.requires_grad_(True)
         unet.train()
         self.policy = UNetView(unet)
+        # The adapter that trains (and that checkpoints and the saved LoRA hold): the UNet's active one.
+        self.adapter_name = unet.active_adapters()[0] if is_peft_unet(unet) else "default"
         self.reference = self._make_reference(ref_model, unet, args)
-        if self.reference.same_weights_as(self.policy):
-            raise ValueError("The reference model is the policy itself: every reward would be 0.")
+        if self.reference.same_weights_as(self.policy) or (
+            self.reference.unet is unet and self.reference.adapter == self.adapter_name
+        ):
+            raise ValueError(
+                "The reference model is the policy itself: every reward would be 0. Use a frozen copy, the UNet with "
+                "adapters disabled (the default with PEFT), or another adapter (`reference_adapter_name`)."
+            )
         if args.gradient_checkpointing or args.activation_checkpointing:
             # Trainer would call `activation_checkpointing_enable`, which diffusers models do not have.
             unet.enable_gradient_checkpointing()
@@ -127,6 +148,7 @@ class DiffusionDPOTrainer(Trainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._saving_checkpoint = False
         self._eval_generator = None
+        self._generator_step, self._micro_batch = -1, 0
         self.hub_api = hub_api
         super().__init__(
             model=unet,
@@ -144,14 +166,18 @@ class DiffusionDPOTrainer(Trainer):
             self.reference.unet.to(self.accelerator.device)
         self.empty_prompt_embeds = self.t2i.encode_prompts([""])
         self._prepare_caches()
+        if hasattr(self.data_collator, "set_epoch"):
+            self.add_callback(_CollatorEpochCallback(self.data_collator))
         if args.validation_prompts:
             self.add_callback(ValidationImagesCallback(self))
 
     # ------------------------------------------------------------------ loading
     @staticmethod
     def _as_pairs(dataset, name: str, args: DiffusionDPOConfig) -> PreferencePairs:
-        pairs = dataset if isinstance(dataset, PreferencePairs) else PreferencePairs(dataset, name=name)
-        if args.validate_images:
+        # A `datasets.Dataset` is read through `PreferencePairs`; anything else (`PreferencePairs`, SAIL's mix of
+        # seed and self pairs) is already a dataset of decoded pairs.
+        pairs = PreferencePairs(dataset, name=name) if isinstance(dataset, Dataset) else dataset
+        if args.validate_images and hasattr(pairs, "validate_images"):
             pairs.validate_images()
         return pairs
 
@@ -172,6 +198,7 @@ class DiffusionDPOTrainer(Trainer):
                     f"{sorted(unet.peft_config)}). Load it first with `unet.load_lora_adapter(..., adapter_name=...)`."
                 )
             return UNetView(unet, name or "disabled")
+        # Full fine-tune: the reference is a frozen copy of the starting UNet (the one case with two UNets).
         return UNetView(copy.deepcopy(unet).requires_grad_(False).eval())
 
     # ------------------------------------------------------------------ caching
@@ -182,13 +209,19 @@ class DiffusionDPOTrainer(Trainer):
             return
         from .caching import build_latent_cache, build_prompt_cache
 
+        transform = getattr(self.data_collator, "transform", None) or PairTransform(self.resolution)
         for pairs in (self.train_pairs, self.eval_pairs):
             if pairs is None:
                 continue
+            if not isinstance(pairs, PreferencePairs):
+                raise ValueError(
+                    f"cache_latents/cache_prompt_embeddings need `PreferencePairs` or `datasets.Dataset` inputs, got "
+                    f"{type(pairs).__name__}. Disable caching for this dataset."
+                )
             if self.args.cache_prompt_embeddings:
                 self._prompt_cache.update(build_prompt_cache(self.t2i, pairs, self._prompt_cache))
             if self.args.cache_latents:
-                self._latent_caches[id(pairs)] = build_latent_cache(self.t2i, pairs, self.data_collator.transform)
+                self._latent_caches[id(pairs)] = build_latent_cache(self.t2i, pairs, transform)
                 pairs.latent_cache = self._latent_caches[id(pairs)]
 
     # ------------------------------------------------------------------ the loss
@@ -198,7 +231,9 @@ class DiffusionDPOTrainer(Trainer):
         if "chosen_latents" in inputs:
             latents_w, latents_l = inputs["chosen_latents"].to(device), inputs["rejected_latents"].to(device)
         else:
-            latents = self.t2i.encode_images(torch.cat([inputs["chosen_pixel_values"], inputs["rejected_pixel_values"]]))
+            latents = self.t2i.encode_images(
+                torch.cat([inputs["chosen_pixel_values"], inputs["rejected_pixel_values"]])
+            )
             latents_w, latents_l = latents.chunk(2)
         prompts = list(inputs["prompt"])
         batch = len(prompts)
@@ -206,9 +241,11 @@ class DiffusionDPOTrainer(Trainer):
             drop = torch.rand(batch, generator=generator) < self.args.proportion_empty_prompts
         else:
             drop = torch.zeros(batch, dtype=torch.bool)
-        if self._prompt_cache:
+        if self._prompt_cache and all(p in self._prompt_cache for p in prompts):
             hidden = torch.stack([self._prompt_cache[p][0] for p in prompts]).to(device)
-            pooled = None if self.empty_prompt_embeds[1] is None else torch.stack([self._prompt_cache[p][1] for p in prompts]).to(device)
+            pooled = None
+            if self.t2i.is_sdxl:
+                pooled = torch.stack([self._prompt_cache[p][1] for p in prompts]).to(device)
         else:
             hidden, pooled = self.t2i.encode_prompts(prompts)
         if drop.any():
@@ -233,16 +270,33 @@ class DiffusionDPOTrainer(Trainer):
         noise = torch.randn(latents_w.shape, generator=generator).to(latents_w.device)
         timesteps = torch.randint(0, self.t2i.num_train_timesteps, (batch,), generator=generator).to(latents_w.device)
         latents = torch.cat([latents_w, latents_l])
-        noise, timesteps, conditioning = torch.cat([noise, noise]), torch.cat([timesteps, timesteps]), conditioning.repeat(2)
+        noise, timesteps, conditioning = (
+            torch.cat([noise, noise]),
+            torch.cat([timesteps, timesteps]),
+            conditioning.repeat(2),
+        )
         scheduler = self.t2i.noise_scheduler
         policy = denoising_errors(unet, scheduler, latents, noise, timesteps, conditioning)
         with torch.no_grad(), self.reference.active() as reference_unet:
             reference = denoising_errors(reference_unet, scheduler, latents, noise, timesteps, conditioning)
         return policy.chunk(2), reference.chunk(2)
 
+    def _training_generator(self) -> torch.Generator:
+        """The RNG of one training micro-batch (its noise, timesteps and empty-prompt dropout).
+
+        It is a pure function of (seed, process, optimizer step, micro-batch), so a run resumed from a checkpoint draws
+        exactly what an uninterrupted run would have, whatever else consumed torch's global RNG in between.
+        """
+        step = self.state.global_step
+        if step != self._generator_step:
+            self._generator_step, self._micro_batch = step, 0
+        key = [self.args.seed, self.args.process_index, step, self._micro_batch]
+        self._micro_batch += 1
+        return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0]))
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
-        generator = self._eval_generator if mode == "eval" else None
+        generator = self._eval_generator if mode == "eval" else self._training_generator()
         latents_w, latents_l, conditioning = self.encode_batch(inputs, generator)
         (policy_w, policy_l), (ref_w, ref_l) = self.pair_errors(model, latents_w, latents_l, conditioning, generator)
         output = diffusion_dpo_loss(policy_w, policy_l, ref_w, ref_l, self.args.beta)
@@ -269,9 +323,11 @@ class DiffusionDPOTrainer(Trainer):
             "errors/reference_chosen": ref_w,
             "errors/reference_rejected": ref_l,
         }
-        gather = self.accelerator.gather_for_metrics
-        for name, values in per_pair.items():
-            self._metrics[mode][name].append(gather(values.detach().float()).mean().item())
+        # One gather for all metrics: [pairs, metrics] from every process.
+        stacked = torch.stack([values.detach().float() for values in per_pair.values()], dim=1)
+        means = self.accelerator.gather_for_metrics(stacked).mean(dim=0).tolist()
+        for name, value in zip(per_pair, means):
+            self._metrics[mode][name].append(value)
         if sources is None or not self.log_metrics_per_source:
             return
         # Per source (SAIL: human seed pairs vs self-generated pairs): reduce sums and counts, so every process
@@ -327,18 +383,20 @@ class DiffusionDPOTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
+        # Checkpoints hold the trainable weights only (Trainer adds optimizer, scheduler and RNG states); the final
+        # save writes what plain diffusers loads. No collective runs here, so non-main processes can return early.
         unet = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         if self._saving_checkpoint:
-            save_unet_checkpoint(unet, output_dir)
+            save_unet_checkpoint(unet, output_dir, self.adapter_name)
         else:
-            save_model_artifact(self.pipeline, unet, output_dir)
-            self.create_model_card()
+            save_model_artifact(self.pipeline, unet, output_dir, self.adapter_name)
+            self.create_model_card(output_dir=output_dir)
             with open(os.path.join(output_dir, "training_args.json"), "w") as f:
                 f.write(self.args.to_json_string())
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         unet = self.accelerator.unwrap_model(model if model is not None else self.model)
-        load_unet_checkpoint(unet, resume_from_checkpoint)
+        load_unet_checkpoint(unet, resume_from_checkpoint, self.adapter_name)
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
@@ -350,20 +408,32 @@ class DiffusionDPOTrainer(Trainer):
             "method": self._method_name,
             "beta": args.beta,
             "learning_rate": args.learning_rate,
-            "effective batch size (pairs)": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
+            "effective batch size (pairs)": args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            * world,
             "optimizer steps": self.state.global_step,
             "resolution": self.resolution,
             "mixed precision": "bf16" if args.bf16 else ("fp16" if args.fp16 else "no"),
             "LoRA": is_peft_unet(self.policy.unet),
+            "reference": self._reference_description(),
+            "proportion_empty_prompts": args.proportion_empty_prompts,
             "training pairs": len(self.train_pairs),
-            "ties dropped": self.train_pairs.num_ties,
+            "ties dropped": getattr(self.train_pairs, "num_ties", 0),
         }
 
-    def create_model_card(self, metrics: dict | None = None, **kwargs) -> None:
+    def _reference_description(self) -> str:
+        if self.reference.unet is not self.policy.unet:
+            return "frozen copy of the starting UNet"
+        if self.reference.adapter == "disabled":
+            return "base UNet (LoRA adapters disabled)"
+        return f"frozen LoRA adapter {self.reference.adapter!r}"
+
+    def create_model_card(self, metrics: dict | None = None, output_dir: str | None = None, **kwargs) -> None:
+        """Write the diffusers text-to-image model card (README.md) into `output_dir` (defaults to `args.output_dir`)."""
         if not self.is_world_process_zero():
             return
         write_model_card(
-            self.args.output_dir,
+            output_dir or self.args.output_dir,
             base_model=self.base_model_id,
             method=self._method_name,
             is_lora=is_peft_unet(self.policy.unet),
@@ -394,8 +464,14 @@ class DiffusionDPOTrainer(Trainer):
         # uploads what `save_model` writes.
         return
 
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
-                    revision: str | None = None, **kwargs):
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        **kwargs,
+    ):
         """Save the model (pipeline or LoRA weights and model card) and upload `output_dir` to `hub_model_id`."""
         self.save_model(_internal_call=True)
         if not self.is_world_process_zero():

@@ -89,7 +89,9 @@ class TextToImageModel:
     """The frozen parts of a Stable Diffusion (SD1.5-type or SDXL-type) pipeline, with prompt and image encoding."""
 
     def __init__(self, pipeline: DiffusionPipeline):
-        missing = [name for name in ("unet", "vae", "text_encoder", "tokenizer") if getattr(pipeline, name, None) is None]
+        missing = [
+            name for name in ("unet", "vae", "text_encoder", "tokenizer") if getattr(pipeline, name, None) is None
+        ]
         if missing:
             raise ValueError(
                 f"The pipeline {type(pipeline).__name__} has no {', '.join(missing)}: trl_sail trains UNet-based "

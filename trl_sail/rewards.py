@@ -1,6 +1,6 @@
 """The one formula behind Diffusion-DPO's loss, SAIL's judge and the logged rewards.
 
-Conventions (see docs/method.md):
+Conventions (see docs/diffusion_dpo.md):
 - the per-image denoising error e(x) is the *unweighted* mean over channels and pixels of the squared difference
   between the UNet's prediction and its target (epsilon, or the velocity for v-prediction models), as both public
   Diffusion-DPO implementations compute it;

@@ -1,0 +1,243 @@
+"""One SAIL round's self-labelled data: generate N candidates per prompt, rank them with the judge, keep a pair.
+
+Work streams to disk prompt group by prompt group: each finished group appends one JSON line per prompt to this
+process's shard (and the two kept images as PNG), so a crash loses at most the group in flight and a rerun skips
+the prompts already in the shards. Only the chosen and rejected images of a prompt are kept.
+"""
+
+import json
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .rewards import preference_probability
+from .scorer import ImplicitDiffusionRewardScorer, prompt_generator
+
+
+@dataclass
+class SamplingSettings:
+    num_candidates: int = 8
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    resolution: int | None = None
+    prompts_per_batch: int = 4
+
+
+def candidate_generators(seed: int, prompt_id: int, num_candidates: int) -> list[torch.Generator]:
+    """One generator per candidate, seeded by (seed, prompt id, candidate): the same images in any process layout."""
+    return [torch.Generator().manual_seed(seed * 1_000_003 + prompt_id * 64 + n) for n in range(num_candidates)]
+
+
+def latent_diversity(latents: torch.Tensor) -> float:
+    """Mean pairwise RMS distance between a prompt's candidate latents (0 when all candidates are identical)."""
+    flat = latents.flatten(1).float()
+    distances = torch.cdist(flat, flat) / flat.shape[1] ** 0.5
+    n = len(flat)
+    return float(distances.sum() / (n * (n - 1))) if n > 1 else 0.0
+
+
+def read_records(directory: str) -> dict[int, dict]:
+    """Finished prompts of every shard in `directory`, by prompt id. A torn last line (crash mid-write) is ignored."""
+    records = {}
+    if not os.path.isdir(directory):
+        return records
+    for name in sorted(os.listdir(directory)):
+        if not (name.startswith("shard-") and name.endswith(".jsonl")):
+            continue
+        with open(os.path.join(directory, name)) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if os.path.isfile(os.path.join(directory, record["chosen_image"])) and os.path.isfile(
+                    os.path.join(directory, record["rejected_image"])
+                ):
+                    records[record["prompt_id"]] = record
+    return records
+
+
+class CandidateGenerator:
+    """Generates, judges and pairs candidates for a list of prompts, streaming results to `directory`.
+
+    Args:
+        pipeline: the diffusers pipeline; its `unet` is swapped for `generator_unet` while sampling.
+        scorer: an `ImplicitDiffusionRewardScorer`, or a callable `judge(images, prompts) -> scores` (an external
+            reward model, or a simulated human: the online-DPO baseline).
+        selection: `"best_worst"` or `"random"` (a random pair of the N, still ordered by the judge).
+    """
+
+    def __init__(self, pipeline, generator_unet, scorer, settings: SamplingSettings, directory: str, seed: int = 0,
+                 selection: str = "best_worst", process_index: int = 0, num_processes: int = 1,
+                 confidence_seed_offset: int = 7919):
+        self.pipeline = pipeline
+        self.generator_unet = generator_unet
+        self.scorer = scorer
+        self.settings = settings
+        self.directory = directory
+        self.seed = seed
+        self.selection = selection
+        self.process_index = process_index
+        self.num_processes = num_processes
+        self.confidence_seed_offset = confidence_seed_offset
+
+    @torch.no_grad()
+    def sample_latents(self, prompts: list[str], prompt_ids: list[int]) -> torch.Tensor:
+        """[P, N, C, h, w] candidate latents from one pipeline call."""
+        n = self.settings.num_candidates
+        generators = [g for pid in prompt_ids for g in candidate_generators(self.seed, pid, n)]
+        resolution = self.settings.resolution
+        original_unet = self.pipeline.unet
+        self.pipeline.unet = self.generator_unet
+        try:
+            latents = self.pipeline(
+                list(prompts),
+                num_images_per_prompt=n,
+                num_inference_steps=self.settings.num_inference_steps,
+                guidance_scale=self.settings.guidance_scale,
+                height=resolution,
+                width=resolution,
+                generator=generators,
+                output_type="latent",
+            ).images
+        finally:
+            self.pipeline.unet = original_unet
+        return latents.float().cpu().view(len(prompts), n, *latents.shape[1:])
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        vae = self.pipeline.vae
+        scaled = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor
+        images = vae.decode(scaled).sample
+        return self.pipeline.image_processor.postprocess(images, output_type="pil")
+
+    def judge(self, latents: torch.Tensor, prompts: list[str], prompt_ids: list[int]):
+        """Rewards [P, N] (and decoded images when an external judge needed them)."""
+        if isinstance(self.scorer, ImplicitDiffusionRewardScorer):
+            return self.scorer.score_latents(latents, prompts, prompt_ids), None
+        images = [self.decode(group) for group in latents]
+        scores = [self.scorer(group_images, [prompt] * len(group_images)) for group_images, prompt in zip(images, prompts)]
+        return torch.tensor(np.asarray(scores, dtype=np.float64)), images
+
+    def fresh_confidence(self, latents, prompts, prompt_ids, chosen, rejected) -> list[float]:
+        """p(chosen > rejected) on (t, eps) draws independent of the ones used for selection (collapse monitor)."""
+        if not isinstance(self.scorer, ImplicitDiffusionRewardScorer):
+            return [float("nan")] * len(prompts)
+        pair = torch.stack([latents[torch.arange(len(prompts)), chosen], latents[torch.arange(len(prompts)), rejected]], 1)
+        rewards = self.scorer.score_latents(pair, prompts, prompt_ids, seed=self.scorer.seed + self.confidence_seed_offset)
+        return preference_probability(rewards[:, 0], rewards[:, 1]).tolist()
+
+    def select(self, rewards: torch.Tensor, prompt_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.selection == "best_worst":
+            return rewards.argmax(dim=1), rewards.argmin(dim=1)
+        chosen, rejected = [], []
+        for row, prompt_id in zip(rewards, prompt_ids):
+            a, b = random.Random(self.seed * 7 + prompt_id).sample(range(len(row)), 2)
+            # Still ordered by the judge: the higher reward is chosen.
+            chosen.append(a if row[a] >= row[b] else b)
+            rejected.append(b if row[a] >= row[b] else a)
+        return torch.tensor(chosen), torch.tensor(rejected)
+
+    def run(self, prompts: list[str], prompt_ids: list[int], show_progress: bool = True) -> None:
+        """Generate and judge this process's share of `prompts` that is not on disk yet."""
+        os.makedirs(os.path.join(self.directory, "images"), exist_ok=True)
+        done = read_records(self.directory)
+        todo = [
+            (pid, prompt)
+            for pid, prompt in zip(prompt_ids, prompts)
+            if pid % self.num_processes == self.process_index and pid not in done
+        ]
+        shard = os.path.join(self.directory, f"shard-{self.process_index:03d}.jsonl")
+        batch = self.settings.prompts_per_batch
+        progress = tqdm(total=len(todo), desc="Generating and judging candidates", disable=not show_progress)
+        for start in range(0, len(todo), batch):
+            group = todo[start : start + batch]
+            ids, texts = [g[0] for g in group], [g[1] for g in group]
+            latents = self.sample_latents(texts, ids)
+            rewards, images = self.judge(latents, texts, ids)
+            chosen, rejected = self.select(rewards, ids)
+            confidence = self.fresh_confidence(latents, texts, ids, chosen, rejected)
+            lines = []
+            for j, pid in enumerate(ids):
+                c, r = int(chosen[j]), int(rejected[j])
+                pair_images = [images[j][c], images[j][r]] if images is not None else self.decode(latents[j, [c, r]])
+                names = []
+                for kind, image in zip(("chosen", "rejected"), pair_images):
+                    name = os.path.join("images", f"{pid:08d}_{kind}.png")
+                    image.save(os.path.join(self.directory, name))
+                    names.append(name)
+                lines.append(
+                    json.dumps(
+                        {
+                            "prompt_id": pid,
+                            "prompt": texts[j],
+                            "rewards": [float(x) for x in rewards[j]],
+                            "chosen_index": c,
+                            "rejected_index": r,
+                            "chosen_reward": float(rewards[j, c]),
+                            "rejected_reward": float(rewards[j, r]),
+                            "p": float(preference_probability(rewards[j, c], rewards[j, r])),
+                            "fresh_confidence": confidence[j],
+                            "diversity": latent_diversity(latents[j]),
+                            "chosen_image": names[0],
+                            "rejected_image": names[1],
+                        }
+                    )
+                )
+            # One write per group, flushed to disk: a finished group survives any later crash.
+            with open(shard, "a") as f:
+                f.write("\n".join(lines) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            progress.update(len(group))
+        progress.close()
+
+
+def _read_bytes(directory: str, name: str) -> bytes:
+    with open(os.path.join(directory, name), "rb") as f:
+        return f.read()
+
+
+def records_to_dataset(directory: str, prompt_ids: list[int]):
+    """The round's self pairs as a `datasets.Dataset` (TRL-like schema + rewards and p), in prompt-id order."""
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    records = read_records(directory)
+    missing = [pid for pid in prompt_ids if pid not in records]
+    if missing:
+        raise RuntimeError(f"{len(missing)} prompts of this round have no generated pair yet (e.g. {missing[:5]}).")
+    rows = [records[pid] for pid in prompt_ids]
+    features = Features(
+        {
+            "prompt": Value("string"),
+            "chosen": ImageFeature(),
+            "rejected": ImageFeature(),
+            "chosen_reward": Value("float64"),
+            "rejected_reward": Value("float64"),
+            "p": Value("float64"),
+            "prompt_id": Value("int64"),
+            "fresh_confidence": Value("float64"),
+            "diversity": Value("float64"),
+        }
+    )
+    return Dataset.from_dict(
+        {
+            "prompt": [r["prompt"] for r in rows],
+            # Embedded bytes, not paths: the saved dataset must not depend on the work directory.
+            "chosen": [{"bytes": _read_bytes(directory, r["chosen_image"]), "path": None} for r in rows],
+            "rejected": [{"bytes": _read_bytes(directory, r["rejected_image"]), "path": None} for r in rows],
+            "chosen_reward": [r["chosen_reward"] for r in rows],
+            "rejected_reward": [r["rejected_reward"] for r in rows],
+            "p": [r["p"] for r in rows],
+            "prompt_id": [r["prompt_id"] for r in rows],
+            "fresh_confidence": [r["fresh_confidence"] for r in rows],
+            "diversity": [r["diversity"] for r in rows],
+        },
+        features=features,
+    )

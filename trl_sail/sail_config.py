@@ -1,0 +1,149 @@
+from dataclasses import dataclass, field
+
+from .diffusion_dpo_config import DiffusionDPOConfig
+
+
+JUDGES = ("paper", "anchor", "cumulative")
+PAIR_SELECTIONS = ("best_worst", "random")
+
+
+@dataclass
+class SAILConfig(DiffusionDPOConfig):
+    r"""
+    Configuration class for the [`SAILTrainer`] (Self-Amplified Iterative Learning, ICLR 2026).
+
+    Extends [`DiffusionDPOConfig`]: its fields set every Diffusion-DPO phase. `max_steps` / `num_train_epochs` set
+    the length of round 0 (Diffusion-DPO on the human seed set); `self_round_max_steps` / `self_round_epochs` set the
+    length of each self round.
+
+    Parameters:
+        > Parameters that control the rounds
+
+        num_rounds (`int`, *optional*, defaults to `3`):
+            Self rounds after round 0, so `num_rounds=3` writes `round_0` (the anchor) to `round_3`.
+        prompts_per_round (`int` or `list[int]`, *optional*, defaults to `1000`):
+            Fresh prompts per self round: one number for every round, or one per round (the paper: 10K/20K/20K).
+        eval_prompts (`list[str]`, *optional*):
+            Evaluation prompts; they are removed from the prompt pool so no round trains on them.
+        start_from_aligned (`bool`, *optional*, defaults to `False`):
+            SAIL*: the `model` given to the trainer is already aligned (e.g. a full Diffusion-DPO model) and becomes
+            the anchor; round 0 is skipped. Requires `judge_base_model`.
+        judge_base_model (`str`, *optional*):
+            The pre-DPO base model the judge compares against when `start_from_aligned=True`.
+
+        > Parameters that control generation and judging
+
+        num_candidates (`int`, *optional*, defaults to `8`):
+            N, candidates generated per prompt.
+        sampling_num_inference_steps (`int`, *optional*, defaults to `50`):
+            Sampling steps (the paper: 50-step DDPM for SD1.5, 20-step DDIM for SDXL).
+        sampling_guidance_scale (`float`, *optional*, defaults to `7.5`):
+            Classifier-free guidance of candidate generation (the paper: 7.5 for SD1.5, 5 for SDXL).
+        sampling_scheduler (`str`, *optional*):
+            `"ddpm"`, `"ddim"`, or `None` to keep the pipeline's scheduler.
+        generation_batch_size (`int`, *optional*, defaults to `4`):
+            Prompts per pipeline call (each with N candidates).
+        num_reward_draws (`int`, *optional*, defaults to `10`):
+            K, the (t, eps) draws the implicit reward is averaged over. A prompt's candidates share them.
+        scoring_batch_size (`int`, *optional*, defaults to `32`):
+            Memory budget of the judge, in images per UNet forward; rewards do not depend on it.
+        judge (`str`, *optional*, defaults to `"paper"`):
+            Which model is ranked against which reference. `"paper"`: the current model against the round-0
+            anchor (in round 1, where those are one model, the anchor against the pre-DPO base). `"anchor"`: the
+            anchor against the base in every round (a frozen judge built from the human seeds). `"cumulative"`:
+            the current model against the base.
+        pair_selection (`str`, *optional*, defaults to `"best_worst"`):
+            `"best_worst"` keeps each prompt's highest- and lowest-reward candidates; `"random"` (the ablation) a
+            random pair of the N, still ordered by the judge.
+
+        > Parameters that control mixing and the self rounds' DPO
+
+        mixup_alpha (`float`, *optional*, defaults to `0.25`):
+            Fraction of self pairs in every optimizer step's batch (the rest are human seed pairs). `1.0` is the
+            paper's "no mixup" ablation.
+        self_round_max_steps (`int`, *optional*):
+            Optimizer steps of each self round's DPO phase. Overrides `self_round_epochs`.
+        self_round_epochs (`float`, *optional*, defaults to `1.0`):
+            Length of each self round's DPO phase in passes over that round's self pairs.
+
+        > Parameters that control monitoring and publishing
+
+        collapse_confidence_threshold (`float`, *optional*, defaults to `0.9`):
+            Warn when the judge's mean confidence p(chosen > rejected), re-measured on fresh (t, eps) draws,
+            exceeds this (the paper's collapse symptom).
+        collapse_diversity_fraction (`float`, *optional*, defaults to `0.5`):
+            Warn when the candidates' mean diversity falls below this fraction of round 1's.
+        push_preferences_to_hub (`bool`, *optional*, defaults to `False`):
+            Also push each round's self pairs as a dataset repo `{hub_model_id}-preferences` (revision `round-i`).
+        eval_scorers (`list[str]`, *optional*):
+            Scorers (`"pickscore"`, `"hpsv2"`, `"imagereward"`, `"aesthetics"`) run on `eval_prompts` after every
+            round; their means are logged and written into the round's model card. Off by default.
+    """
+
+    num_rounds: int = field(default=3, metadata={"help": "Self rounds after round 0."})
+    prompts_per_round: list[int] | int = field(
+        default=1000, metadata={"help": "Fresh prompts per self round (one number, or one per round)."}
+    )
+    eval_prompts: list[str] | None = field(default=None, metadata={"help": "Held-out prompts, never trained on."})
+    start_from_aligned: bool = field(default=False, metadata={"help": "SAIL*: `model` is the anchor; skip round 0."})
+    judge_base_model: str | None = field(default=None, metadata={"help": "Base to judge against with SAIL*."})
+
+    num_candidates: int = field(default=8, metadata={"help": "N candidates per prompt."})
+    sampling_num_inference_steps: int = field(default=50, metadata={"help": "Sampling steps."})
+    sampling_guidance_scale: float = field(default=7.5, metadata={"help": "Sampling CFG scale."})
+    sampling_scheduler: str | None = field(default=None, metadata={"help": "'ddpm', 'ddim' or None (pipeline's)."})
+    generation_batch_size: int = field(default=4, metadata={"help": "Prompts per generation call."})
+    num_reward_draws: int = field(default=10, metadata={"help": "K (t, eps) draws per reward."})
+    scoring_batch_size: int = field(default=32, metadata={"help": "Images per judge UNet forward."})
+    judge: str = field(default="paper", metadata={"help": "'paper', 'anchor' or 'cumulative'."})
+    pair_selection: str = field(default="best_worst", metadata={"help": "'best_worst' or 'random'."})
+
+    mixup_alpha: float = field(default=0.25, metadata={"help": "Fraction of self pairs per optimizer step."})
+    self_round_max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps per self round."})
+    self_round_epochs: float = field(default=1.0, metadata={"help": "Passes over the self pairs per self round."})
+
+    collapse_confidence_threshold: float = field(default=0.9, metadata={"help": "Warn above this confidence."})
+    collapse_diversity_fraction: float = field(default=0.5, metadata={"help": "Warn below this x round-1 diversity."})
+    push_preferences_to_hub: bool = field(default=False, metadata={"help": "Push self pairs as a dataset repo."})
+    eval_scorers: list[str] | None = field(default=None, metadata={"help": "Scorers run after every round."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_rounds < 0:
+            raise ValueError(f"num_rounds must be >= 0, got {self.num_rounds}.")
+        if isinstance(self.prompts_per_round, int):
+            self.prompts_per_round = [self.prompts_per_round] * self.num_rounds
+        self.prompts_per_round = [int(n) for n in self.prompts_per_round]
+        if len(self.prompts_per_round) != self.num_rounds:
+            raise ValueError(
+                f"prompts_per_round has {len(self.prompts_per_round)} entries for num_rounds={self.num_rounds}: give "
+                "one number for every round, or exactly one per round."
+            )
+        if any(n < 1 for n in self.prompts_per_round):
+            raise ValueError(f"prompts_per_round must be positive, got {self.prompts_per_round}.")
+        if not 0.0 <= self.mixup_alpha <= 1.0:
+            raise ValueError(
+                f"mixup_alpha must be a fraction in [0, 1] (the share of self pairs per step), got {self.mixup_alpha}."
+                " The paper uses 0.25; 1.0 is its no-mixup ablation."
+            )
+        if self.num_candidates < 2:
+            raise ValueError(f"num_candidates (N) must be >= 2 to form a pair, got {self.num_candidates}.")
+        if self.num_reward_draws < 1:
+            raise ValueError(f"num_reward_draws (K) must be >= 1, got {self.num_reward_draws}.")
+        if self.judge not in JUDGES:
+            raise ValueError(f"judge must be one of {JUDGES}, got {self.judge!r}.")
+        if self.pair_selection not in PAIR_SELECTIONS:
+            raise ValueError(f"pair_selection must be one of {PAIR_SELECTIONS}, got {self.pair_selection!r}.")
+        if self.sampling_scheduler not in (None, "ddpm", "ddim"):
+            raise ValueError(f"sampling_scheduler must be 'ddpm', 'ddim' or None, got {self.sampling_scheduler!r}.")
+        if self.start_from_aligned and not self.judge_base_model:
+            raise ValueError(
+                "start_from_aligned=True (SAIL*) skips round 0 and uses the given model as the anchor, so the judge "
+                "needs the pre-DPO base model to compare against: set judge_base_model to its Hub id or path."
+            )
+        if self.self_round_max_steps is not None and self.self_round_max_steps < 1:
+            raise ValueError(f"self_round_max_steps must be >= 1, got {self.self_round_max_steps}.")
+        if self.self_round_epochs <= 0:
+            raise ValueError(f"self_round_epochs must be > 0, got {self.self_round_epochs}.")
+        if self.generation_batch_size < 1 or self.scoring_batch_size < 1:
+            raise ValueError("generation_batch_size and scoring_batch_size must be >= 1.")

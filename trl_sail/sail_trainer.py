@@ -1,0 +1,565 @@
+"""SAIL: Self-Amplified Iterative Learning (ICLR 2026) on top of `DiffusionDPOTrainer`.
+
+Round 0 trains the anchor with Diffusion-DPO on the human seed pairs. Each self round i >= 1 then:
+1. takes that round's fresh prompts (disjoint across rounds and from the evaluation prompts);
+2. generates N candidates per prompt with the current model and ranks them with the judge (the implicit reward of one
+   model against another, see `ImplicitDiffusionRewardScorer`, or an external callable);
+3. keeps the best and worst candidate as a pair;
+4. trains Diffusion-DPO on those self pairs mixed with the seed pairs (fraction `mixup_alpha` of self pairs in every
+   optimizer step), starting from the current model and with the current model (frozen) as the DPO reference.
+
+On disk (`output_dir`): `round_i/` is written atomically when round i finishes (model, model card, `preferences/`,
+`sail_round.json`); `work/round_i/` holds what a rerun resumes from (generation shards, DPO checkpoints). With LoRA
+the base, the anchor, the current model and the round's reference are adapters of one UNet.
+"""
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import Callable
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from transformers.trainer_utils import get_last_checkpoint
+
+from .artifacts import (
+    atomic_directory,
+    is_peft_unet,
+    load_unet_checkpoint,
+    push_folder,
+    save_model_artifact,
+    save_unet_checkpoint,
+    write_json,
+    write_model_card,
+)
+from .data import SOURCE_SEED, SOURCE_SELF, PreferencePairs
+from .diffusion_dpo_config import DiffusionDPOConfig
+from .diffusion_dpo_trainer import DiffusionDPOTrainer
+from .generation import CandidateGenerator, SamplingSettings, read_records, records_to_dataset
+from .mixup import MixedPreferenceDataset, MixupPreferenceCollator, build_mixup_dataloader
+from .models import TextToImageModel, UNetView, load_pipeline
+from .sail_config import SAILConfig
+from .scorer import ImplicitDiffusionRewardScorer
+
+
+logger = logging.getLogger(__name__)
+
+POLICY_ADAPTER, ANCHOR_ADAPTER, REFERENCE_ADAPTER = "default", "sail_anchor", "sail_reference"
+ROUND_INFO = "sail_round.json"
+
+
+def crash_point(name: str) -> None:
+    """Test hook: `TRL_SAIL_KILL_AT=name` kills the process here with SIGKILL (a crash at a precise moment)."""
+    if os.environ.get("TRL_SAIL_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def prompts_from(dataset) -> list[str]:
+    if dataset is None:
+        return []
+    if isinstance(dataset, (list, tuple)):
+        return [str(p) for p in dataset]
+    for column in ("prompt", "caption", "text"):
+        if column in dataset.column_names:
+            return [str(p) for p in dataset[column]]
+    raise ValueError(
+        f"prompt_dataset has columns {dataset.column_names}; it needs a 'prompt' (or 'caption') column of strings, "
+        "or pass a list of prompts."
+    )
+
+
+def build_seed_split(dataset: Dataset, seed_size: int, seed: int = 0) -> tuple[Dataset, list[str]]:
+    """The paper's setup from a Pick-a-Pic-schema dataset: a seeded subsample of `seed_size` non-tied pairs as the
+    human seed set, and the captions of the remaining rows (deduplicated) as the prompt pool for the self rounds."""
+    labels_0, labels_1 = dataset["label_0"], dataset["label_1"]
+    decided = [i for i, (a, b) in enumerate(zip(labels_0, labels_1)) if a != b]
+    if seed_size > len(decided):
+        raise ValueError(f"seed_size={seed_size} but the dataset has only {len(decided)} non-tied pairs.")
+    chosen = sorted(random.Random(seed).sample(decided, seed_size))
+    chosen_set = set(chosen)
+    seed_captions = {dataset[i]["caption"] for i in chosen} if seed_size <= 100_000 else set()
+    pool, seen = [], set()
+    for i, caption in enumerate(dataset["caption"]):
+        if i in chosen_set or caption in seen or caption in seed_captions or not caption:
+            continue
+        seen.add(caption)
+        pool.append(caption)
+    return dataset.select(chosen), pool
+
+
+class SAILRoundTrainer(DiffusionDPOTrainer):
+    """One Diffusion-DPO phase of a self round: every optimizer step mixes self and seed pairs (`mixup_alpha`)."""
+
+    _method_name = "SAIL"
+    log_metrics_per_source = True
+
+    def __init__(self, *args, mixup_alpha: float = 0.25, **kwargs):
+        self.mixup_alpha = mixup_alpha
+        super().__init__(*args, **kwargs)
+
+    def get_train_dataloader(self):
+        collator = MixupPreferenceCollator(self.data_collator, alpha=self.mixup_alpha)
+        loader = build_mixup_dataloader(
+            self.train_dataset,
+            collator,
+            self.args,
+            num_optimizer_steps=self.args.max_steps,
+            num_processes=self.accelerator.num_processes,
+            split_batches=self.accelerator.split_batches,
+        )
+        return self.accelerator.prepare(loader)
+
+
+class SAILTrainer:
+    """
+    Runs SAIL: round 0 (Diffusion-DPO on the seed pairs) then `args.num_rounds` self rounds.
+
+    Args:
+        model (`str` or `DiffusionPipeline`): the base model (or, with `start_from_aligned=True`, the aligned model
+            that serves as the anchor).
+        args ([`SAILConfig`], *optional*): defaults to `SAILConfig(f"{model_name}-SAIL")`.
+        seed_dataset ([`~datasets.Dataset`]): human preference pairs, Pick-a-Pic or TRL-like schema.
+        prompt_dataset (`Dataset` or `list[str]`, *optional*): unlabeled prompts for the self rounds. Without it the
+            seed set's captions are used (with a warning).
+        judge (`Callable[[list[PIL.Image], list[str]], list[float]]`, *optional*): an external judge replacing the
+            implicit one (e.g. a reward model: the online-DPO baseline).
+        callbacks (*optional*): `transformers` callbacks given to every DPO phase.
+        peft_config (`peft.LoraConfig`, *optional*): train LoRA adapters (one UNet in memory).
+        hub_api (*optional*): the Hub client (`huggingface_hub.HfApi()` by default).
+    """
+
+    def __init__(
+        self,
+        model,
+        args: SAILConfig | None = None,
+        seed_dataset: Dataset | None = None,
+        prompt_dataset=None,
+        judge: Callable | None = None,
+        callbacks=None,
+        peft_config=None,
+        hub_api=None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else "model"
+            args = SAILConfig(f"{name.split('/')[-1]}-SAIL")
+        if not isinstance(args, SAILConfig):
+            raise TypeError(f"args must be a SAILConfig, got {type(args).__name__}.")
+        self.args = args
+        self.state = PartialState()
+        # ----- data checks, before any model is loaded -----
+        if seed_dataset is None and not args.start_from_aligned:
+            raise ValueError(
+                "SAILTrainer needs a `seed_dataset` of human preference pairs (Pick-a-Pic or TRL-like schema) to "
+                "train the round-0 anchor. With an already aligned model, set start_from_aligned=True."
+            )
+        self.seed_pairs = PreferencePairs(seed_dataset, SOURCE_SEED, name="seed_dataset") if seed_dataset is not None else None
+        if args.num_rounds > 0 and args.mixup_alpha < 1 and self.seed_pairs is None:
+            raise ValueError(f"mixup_alpha={args.mixup_alpha} mixes in seed pairs, but no seed_dataset was given.")
+        self.round_prompts = self._plan_prompts(prompt_dataset, seed_dataset)
+        if self.seed_pairs is not None and args.validate_images:
+            self.seed_pairs.validate_images()
+        self.external_judge = judge
+        self.callbacks = callbacks
+        self.hub_api = hub_api
+        self.summaries: list[dict] = []
+
+        # ----- models -----
+        self.pipeline = load_pipeline(model, **(args.model_init_kwargs or {}))
+        self.base_model_id = (
+            args.judge_base_model if args.start_from_aligned else model if isinstance(model, str) else self.pipeline.name_or_path
+        )
+        self.pipeline.to(self.state.device)
+        self.pipeline.set_progress_bar_config(disable=True)
+        unet = self.pipeline.unet
+        self.unet = unet
+        self.is_lora = peft_config is not None or is_peft_unet(unet)
+        if peft_config is not None:
+            unet.requires_grad_(False)
+            unet.add_adapter(peft_config, adapter_name=POLICY_ADAPTER)
+            self._peft_config = peft_config
+        else:
+            self._peft_config = unet.peft_config[POLICY_ADAPTER] if self.is_lora else None
+        self.policy = UNetView(unet, POLICY_ADAPTER) if self.is_lora else UNetView(unet)
+        # The pre-DPO base. LoRA: the UNet with adapters off (SAIL*: a separate UNet, the aligned one is the anchor).
+        if args.start_from_aligned:
+            base_unet = load_pipeline(args.judge_base_model, **(args.model_init_kwargs or {})).unet
+            self.base = UNetView(base_unet.requires_grad_(False).eval().to(self.state.device))
+        elif self.is_lora:
+            self.base = UNetView(unet, "disabled")
+        else:
+            self.base = UNetView(copy.deepcopy(unet).requires_grad_(False).eval())
+        self.anchor: UNetView | None = None
+
+    # ------------------------------------------------------------------ prompts
+    def _plan_prompts(self, prompt_dataset, seed_dataset) -> list[list[tuple[int, str]]]:
+        """Each self round's (prompt id, prompt), disjoint across rounds and from the evaluation prompts."""
+        args = self.args
+        if prompt_dataset is None:
+            if args.num_rounds > 0:
+                logger.warning(
+                    "No prompt_dataset given: the self rounds use the seed set's captions (minus eval_prompts). Pass "
+                    "fresh prompts as prompt_dataset= to follow the paper."
+                )
+            rows = [self.seed_pairs.row(i)["prompt"] for i in range(len(self.seed_pairs))] if self.seed_pairs else []
+        else:
+            rows = prompts_from(prompt_dataset)
+        excluded = set(args.eval_prompts or [])
+        pool = list(dict.fromkeys(p for p in rows if p and p not in excluded))
+        needed = sum(args.prompts_per_round)
+        if len(pool) < needed:
+            raise ValueError(
+                f"The prompt pool has {len(pool)} distinct prompts (after removing {len(excluded)} evaluation "
+                f"prompts) but prompts_per_round={args.prompts_per_round} needs {needed}. Give more prompts, or "
+                "lower prompts_per_round / num_rounds."
+            )
+        random.Random(args.seed).shuffle(pool)
+        rounds, start = [], 0
+        for count in args.prompts_per_round:
+            rounds.append([(start + j, pool[start + j]) for j in range(count)])
+            start += count
+        return rounds
+
+    # ------------------------------------------------------------------ paths and state
+    def round_dir(self, i: int) -> str:
+        return os.path.join(self.args.output_dir, f"round_{i}")
+
+    def work_dir(self, i: int) -> str:
+        return os.path.join(self.args.output_dir, "work", f"round_{i}")
+
+    def is_finished(self, i: int) -> bool:
+        return os.path.isfile(os.path.join(self.round_dir(i), ROUND_INFO))
+
+    def _state_path(self) -> str:
+        return os.path.join(self.args.output_dir, "sail_state.json")
+
+    def _load_state(self) -> dict:
+        if os.path.isfile(self._state_path()):
+            with open(self._state_path()) as f:
+                return json.load(f)
+        return {"pushed": []}
+
+    # ------------------------------------------------------------------ adapters / frozen copies
+    def _freeze_current_as(self, adapter_name: str) -> UNetView:
+        """A frozen copy of the current model: a LoRA adapter holding the current adapter weights, or a UNet copy."""
+        unet = self.unet
+        if not self.is_lora:
+            return UNetView(copy.deepcopy(unet).requires_grad_(False).eval())
+        from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+        if adapter_name not in unet.peft_config:
+            unet.add_adapter(copy.deepcopy(self._peft_config), adapter_name=adapter_name)
+        state = get_peft_model_state_dict(unet, adapter_name=POLICY_ADAPTER)
+        set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
+        unet.set_adapters(POLICY_ADAPTER)
+        # PEFT flips requires_grad when switching adapters: only the policy adapter trains.
+        for name, param in unet.named_parameters():
+            param.requires_grad_(f".{POLICY_ADAPTER}." in name)
+        return UNetView(unet, adapter_name)
+
+    def judge_views(self, i: int) -> tuple[UNetView, UNetView]:
+        """(judged model, its reference) for self round i, per `args.judge`."""
+        current = self.policy
+        if self.args.judge == "anchor" or (self.args.judge == "paper" and i == 1):
+            return self.anchor, self.base
+        if self.args.judge == "paper":
+            return current, self.anchor
+        return current, self.base
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> list[dict]:
+        args = self.args
+        os.makedirs(args.output_dir, exist_ok=True)
+        start = time.time()
+        # Round 0: the anchor.
+        if args.start_from_aligned:
+            logger.info("SAIL*: the given model is the anchor; round 0 is skipped.")
+        elif self.is_finished(0):
+            self._load_round_weights(0)
+        else:
+            self._run_round(0)
+        self.anchor = self._freeze_current_as(ANCHOR_ADAPTER) if not args.start_from_aligned else self._aligned_anchor()
+        if self.is_finished(0):
+            self._publish(0)
+            self.summaries.append(self._read_summary(0))
+        for i in range(1, args.num_rounds + 1):
+            if self.is_finished(i):
+                self._load_round_weights(i)
+            else:
+                self._run_round(i)
+            self._publish(i)
+            self.summaries.append(self._read_summary(i))
+            if args.judge == "paper" and i == 1 and not self.is_lora and not args.start_from_aligned:
+                self.base = None  # the paper's judge no longer needs the base after round 1: free its memory
+        if self.state.is_main_process:
+            self._write_summary_table(time.time() - start)
+        return self.summaries
+
+    def _aligned_anchor(self) -> UNetView:
+        if self.is_lora:
+            return UNetView(self.unet, "disabled")
+        return UNetView(copy.deepcopy(self.unet).requires_grad_(False).eval())
+
+    def _run_round(self, i: int) -> None:
+        args = self.args
+        timings = {}
+        info: dict = {"round": i, "judge": args.judge if self.external_judge is None else "external"}
+        if i == 0:
+            train_dataset, reference = self.seed_pairs, self.base
+            max_steps = args.max_steps
+            info.update(num_seed_pairs=len(self.seed_pairs), num_self_pairs=0)
+        else:
+            t = time.time()
+            self_pairs_dataset = self._generate(i)
+            timings["generation_and_judging_s"] = round(time.time() - t, 2)
+            self_pairs = PreferencePairs(self_pairs_dataset, SOURCE_SELF, name=f"round {i} self pairs")
+            train_dataset = MixedPreferenceDataset(self.seed_pairs, self_pairs)
+            reference = self._freeze_current_as(REFERENCE_ADAPTER)
+            max_steps = self._self_round_steps(len(self_pairs))
+            info.update(self._monitor(i, self_pairs_dataset))
+            info.update(num_seed_pairs=len(self.seed_pairs) if self.seed_pairs else 0, num_self_pairs=len(self_pairs))
+        t = time.time()
+        metrics = self._train_dpo(i, train_dataset, reference, max_steps)
+        timings["dpo_s"] = round(time.time() - t, 2)
+        info.update(metrics=metrics, timings=timings)
+        crash_point(f"before_write_round_{i}")
+        self._write_round(i, info)
+
+    def _self_round_steps(self, num_self: int) -> int:
+        args = self.args
+        if args.self_round_max_steps is not None:
+            return args.self_round_max_steps
+        pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * self.state.num_processes
+        self_per_step = args.mixup_alpha * pairs_per_step if args.mixup_alpha > 0 else pairs_per_step
+        return max(1, math.ceil(args.self_round_epochs * num_self / self_per_step))
+
+    def _phase_args(self, i: int, max_steps: int) -> DiffusionDPOConfig:
+        """The DPO phase's config: the SAIL config's Diffusion-DPO fields, writing under work/round_i/dpo."""
+        from dataclasses import fields
+
+        values = {f.name: getattr(self.args, f.name) for f in fields(DiffusionDPOConfig) if f.init}
+        values.update(
+            output_dir=os.path.join(self.work_dir(i), "dpo"),
+            max_steps=max_steps,
+            seed=self.args.seed + i,
+            push_to_hub=False,
+            run_name=f"{self.args.run_name or 'sail'}-round-{i}",
+            logging_dir=None,
+            # A DPO phase validates its own data once; images come from the seed set (validated) or from us.
+            validate_images=False,
+        )
+        values.pop("logging_dir", None)
+        return DiffusionDPOConfig(**values)
+
+    def _train_dpo(self, i: int, train_dataset, reference: UNetView, max_steps: int) -> dict:
+        phase_args = self._phase_args(i, max_steps)
+        final_dir = os.path.join(phase_args.output_dir, "final")
+        trainer_class = DiffusionDPOTrainer if i == 0 else SAILRoundTrainer
+        kwargs = {} if i == 0 else {"mixup_alpha": self.args.mixup_alpha}
+        trainer = trainer_class(
+            self.pipeline, ref_model=reference, args=phase_args, train_dataset=train_dataset,
+            callbacks=self.callbacks, **kwargs,
+        )
+        self.last_dpo_trainer = trainer
+        metrics_path = os.path.join(final_dir, "metrics.json")
+        if os.path.isfile(metrics_path):
+            # The phase finished before a crash while writing the round: reuse its weights.
+            load_unet_checkpoint(self.unet, final_dir, POLICY_ADAPTER)
+            with open(metrics_path) as f:
+                return json.load(f)
+        resume = get_last_checkpoint(phase_args.output_dir) if os.path.isdir(phase_args.output_dir) else None
+        trainer.train(resume_from_checkpoint=resume)
+        logs = [h for h in trainer.state.log_history if "loss" in h]
+        metrics = {k: v for k, v in (logs[-1] if logs else {}).items() if isinstance(v, (int, float))}
+        metrics["optimizer_steps"] = trainer.state.global_step
+        if self.state.is_main_process:
+            with atomic_directory(final_dir) as tmp:
+                save_unet_checkpoint(self.unet, tmp, POLICY_ADAPTER)
+                write_json(os.path.join(tmp, "metrics.json"), metrics)
+        self.state.wait_for_everyone()
+        return metrics
+
+    # ------------------------------------------------------------------ generation and judging
+    def _judge(self, i: int):
+        if self.external_judge is not None:
+            return self.external_judge
+        policy, reference = self.judge_views(i)
+        return ImplicitDiffusionRewardScorer(
+            policy, reference, TextToImageModel(self.pipeline), beta=self.args.beta,
+            num_draws=self.args.num_reward_draws, max_batch_size=self.args.scoring_batch_size, seed=self.args.seed + i,
+        )
+
+    def _generate(self, i: int) -> Dataset:
+        args = self.args
+        directory = os.path.join(self.work_dir(i), "generation")
+        ids = [pid for pid, _ in self.round_prompts[i - 1]]
+        prompts = [p for _, p in self.round_prompts[i - 1]]
+        settings = SamplingSettings(
+            num_candidates=args.num_candidates,
+            num_inference_steps=args.sampling_num_inference_steps,
+            guidance_scale=args.sampling_guidance_scale,
+            resolution=args.resolution,
+            prompts_per_batch=args.generation_batch_size,
+        )
+        original_scheduler = self.pipeline.scheduler
+        if args.sampling_scheduler is not None:
+            from diffusers import DDIMScheduler, DDPMScheduler
+
+            scheduler_class = DDPMScheduler if args.sampling_scheduler == "ddpm" else DDIMScheduler
+            self.pipeline.scheduler = scheduler_class.from_config(original_scheduler.config)
+        self.unet.eval()
+        try:
+            with self.policy.active() as generator_unet:
+                CandidateGenerator(
+                    self.pipeline, generator_unet, self._judge(i), settings, directory, seed=args.seed + 1000 * i,
+                    selection=args.pair_selection, process_index=self.state.process_index,
+                    num_processes=self.state.num_processes,
+                ).run(prompts, ids, show_progress=self.state.is_local_main_process)
+        finally:
+            self.pipeline.scheduler = original_scheduler
+            self.unet.train()
+        self.state.wait_for_everyone()
+        crash_point(f"after_generation_{i}")
+        return records_to_dataset(directory, ids)
+
+    def _monitor(self, i: int, pairs: Dataset) -> dict:
+        """Collapse monitor: the judge's confidence on fresh draws, and the candidates' diversity."""
+        confidence = [c for c in pairs["fresh_confidence"] if c == c]  # drop NaN (external judge)
+        diversity = sum(pairs["diversity"]) / len(pairs)
+        stats = {
+            "mean_p_selection": sum(pairs["p"]) / len(pairs),
+            "mean_confidence_fresh_draws": sum(confidence) / len(confidence) if confidence else None,
+            "mean_candidate_diversity": diversity,
+            "warnings": [],
+        }
+        threshold = self.args.collapse_confidence_threshold
+        if stats["mean_confidence_fresh_draws"] is not None and stats["mean_confidence_fresh_draws"] > threshold:
+            stats["warnings"].append(
+                f"round {i}: the judge's confidence p(chosen > rejected) on fresh draws is "
+                f"{stats['mean_confidence_fresh_draws']:.3f} > {threshold}: possible self-training collapse "
+                "(the paper's symptom). Consider a lower mixup_alpha or fewer self-round steps."
+            )
+        if i > 1 and self.summaries:
+            round_1 = next((s for s in self.summaries if s.get("round") == 1), None)
+            reference = round_1 and round_1.get("mean_candidate_diversity")
+            if reference and diversity < self.args.collapse_diversity_fraction * reference:
+                stats["warnings"].append(
+                    f"round {i}: candidate diversity {diversity:.4f} fell below "
+                    f"{self.args.collapse_diversity_fraction} x round 1's ({reference:.4f}): candidates from different "
+                    "seeds are becoming identical (collapse)."
+                )
+        if i == 1 and diversity == 0.0:
+            stats["warnings"].append(f"round {i}: all candidates of each prompt are identical (diversity 0): collapse.")
+        for warning in stats["warnings"]:
+            logger.warning(warning)
+        return stats
+
+    # ------------------------------------------------------------------ artifacts and Hub
+    def _write_round(self, i: int, info: dict) -> None:
+        if self.state.is_main_process:
+            with atomic_directory(self.round_dir(i)) as tmp:
+                save_model_artifact(self.pipeline, self.unet, tmp, POLICY_ADAPTER)
+                if i >= 1:
+                    records_to_dataset(
+                        os.path.join(self.work_dir(i), "generation"), [pid for pid, _ in self.round_prompts[i - 1]]
+                    ).save_to_disk(os.path.join(tmp, "preferences"))
+                crash_point(f"while_writing_round_{i}")
+                self._write_card(tmp, i, info)
+                write_json(os.path.join(tmp, ROUND_INFO), info)
+        self.state.wait_for_everyone()
+
+    def _write_card(self, directory: str, i: int, info: dict) -> None:
+        args = self.args
+        hyperparameters = {
+            "method": "SAIL" if i > 0 else "Diffusion-DPO (SAIL round 0, anchor)",
+            "round": i,
+            "beta": args.beta,
+            "learning_rate": args.learning_rate,
+            "judge": info.get("judge"),
+            "mixup_alpha": args.mixup_alpha,
+            "candidates per prompt (N)": args.num_candidates,
+            "reward draws (K)": args.num_reward_draws,
+            "pair selection": args.pair_selection,
+            "seed pairs": info.get("num_seed_pairs"),
+            "self pairs": info.get("num_self_pairs"),
+        }
+        metrics = {k: v for k, v in (info.get("metrics") or {}).items() if "/" in k or k == "loss"}
+        for key in ("mean_confidence_fresh_draws", "mean_candidate_diversity"):
+            if info.get(key) is not None:
+                metrics[key] = info[key]
+        metrics.update(info.get("eval") or {})
+        write_model_card(
+            directory, base_model=self.base_model_id, method="SAIL", is_lora=self.is_lora,
+            hyperparameters=hyperparameters, metrics=metrics, repo_id=args.hub_model_id,
+            revision=f"round-{i}" if args.push_to_hub else None,
+            description=f"Round {i} of {args.num_rounds}.",
+        )
+
+    def _load_round_weights(self, i: int) -> None:
+        """Put a finished round's model into the UNet (a rerun skips finished rounds)."""
+        from safetensors.torch import load_file
+
+        from .artifacts import LORA_WEIGHTS_NAME, load_lora_into_unet
+
+        directory = self.round_dir(i)
+        if self.is_lora:
+            load_lora_into_unet(self.unet, load_file(os.path.join(directory, LORA_WEIGHTS_NAME)), POLICY_ADAPTER)
+        else:
+            load_unet_checkpoint(self.unet, directory)
+        logger.info(f"Round {i} already finished: loaded {directory}.")
+
+    def _publish(self, i: int) -> None:
+        """Push round i to the Hub as branch `round-i` and as main (once; a rerun pushes what a crash left)."""
+        args = self.args
+        if not args.push_to_hub or not self.state.is_main_process:
+            return
+        state = self._load_state()
+        if i in state["pushed"]:
+            return
+        if self.hub_api is None:
+            from huggingface_hub import HfApi
+
+            self.hub_api = HfApi()
+        repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+        directory = self.round_dir(i)
+        token, private = args.hub_token, args.hub_private_repo
+        push_folder(self.hub_api, directory, repo_id, revision=f"round-{i}", commit_message=f"SAIL round {i}", token=token, private=private)
+        push_folder(self.hub_api, directory, repo_id, revision="main", commit_message=f"SAIL round {i}", token=token, private=private)
+        if args.push_preferences_to_hub and os.path.isdir(os.path.join(directory, "preferences")):
+            push_folder(
+                self.hub_api, os.path.join(directory, "preferences"), f"{repo_id}-preferences", revision=f"round-{i}",
+                commit_message=f"SAIL round {i} self pairs", token=token, private=private, repo_type="dataset",
+            )
+        state["pushed"].append(i)
+        write_json(self._state_path(), state)
+
+    def _read_summary(self, i: int) -> dict:
+        with open(os.path.join(self.round_dir(i), ROUND_INFO)) as f:
+            return json.load(f)
+
+    def _write_summary_table(self, seconds: float) -> None:
+        lines = [
+            "| round | seed pairs | self pairs | DPO steps | loss | accuracy | confidence (fresh) | diversity | warnings |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for s in self.summaries:
+            m = s.get("metrics") or {}
+            confidence = s.get("mean_confidence_fresh_draws")
+            diversity = s.get("mean_candidate_diversity")
+            lines.append(
+                f"| {s['round']} | {s.get('num_seed_pairs', 0)} | {s.get('num_self_pairs', 0)} | "
+                f"{m.get('optimizer_steps', '')} | {m.get('loss', float('nan')):.4f} | "
+                f"{m.get('rewards/accuracies', float('nan')):.3f} | "
+                f"{'' if confidence is None else f'{confidence:.3f}'} | {'' if diversity is None else f'{diversity:.4f}'} | "
+                f"{len(s.get('warnings', []))} |"
+            )
+        table = "\n".join(lines)
+        with open(os.path.join(self.args.output_dir, "sail_summary.md"), "w") as f:
+            f.write(table + "\n")
+        print(f"SAIL finished in {seconds:.1f}s\n{table}")

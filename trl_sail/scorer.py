@@ -1,0 +1,160 @@
+"""The implicit judge: a DPO-trained diffusion model ranks images by its own denoising error against a reference.
+
+r(x) = -(beta / 2) * (e_policy(x) - e_reference(x)), with e averaged over K draws of (t, eps) — the same
+`trl_sail.rewards.implicit_reward` the Diffusion-DPO loss is written with — and p(A > B) = sigmoid(r_A - r_B).
+"""
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from .models import TextToImageModel, UNetConditioning, UNetView
+from .rewards import denoising_errors, implicit_reward, preference_probability
+
+
+def prompt_generator(seed: int, prompt_id: int) -> torch.Generator:
+    """A generator for one prompt, independent of batching and of which process handles the prompt."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + prompt_id) % (2**63 - 1))
+
+
+class ImplicitDiffusionRewardScorer:
+    """
+    Scores images with the implicit reward of a DPO-trained diffusion model.
+
+    Args:
+        policy (`torch.nn.Module` or `UNetView`): the judging UNet (e.g. a Diffusion-DPO model).
+        reference (`torch.nn.Module` or `UNetView`): what it is compared with (e.g. the model before DPO). With
+            LoRA both can be views of one UNet: `UNetView(unet, "disabled")` is the base, `UNetView(unet, name)` a
+            named adapter.
+        model (`TextToImageModel` or `DiffusionPipeline`): provides the VAE, text encoder(s) and noise scheduler.
+        beta (`float`, defaults to 5000): the Diffusion-DPO beta the policy was trained with.
+        num_draws (`int`, defaults to 10): K, the (t, eps) draws the errors are averaged over.
+        max_batch_size (`int`, defaults to 32): the memory budget, in images per UNet forward. The K x N x 2
+            forwards of a prompt group go through the UNet in `ceil(rows / max_batch_size)` calls; results do not
+            depend on it (all randomness is drawn per prompt before batching).
+        seed (`int`, defaults to 0): base seed; prompt `i` of a call uses its own generator seeded by (seed, id).
+
+    Raises `ValueError` if policy and reference are the same weights (every reward would be 0).
+    """
+
+    def __init__(self, policy, reference, model, beta: float = 5000.0, num_draws: int = 10, max_batch_size: int = 32,
+                 seed: int = 0):
+        self.policy = policy if isinstance(policy, UNetView) else UNetView(policy)
+        self.reference = reference if isinstance(reference, UNetView) else UNetView(reference)
+        if self.policy.same_weights_as(self.reference):
+            raise ValueError(
+                "The policy and the reference are the same weights, so every implicit reward would be 0. Judge a "
+                "DPO-trained model against the model it started from (e.g. the anchor against the base)."
+            )
+        if num_draws < 1:
+            raise ValueError(f"num_draws (K) must be >= 1, got {num_draws}.")
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}.")
+        self.model = model if isinstance(model, TextToImageModel) else TextToImageModel(model)
+        self.beta = beta
+        self.num_draws = num_draws
+        self.max_batch_size = max_batch_size
+        self.seed = seed
+
+    # ----- errors -----
+    def _draws(self, latent_shape, prompt_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """K (noise, timestep) draws per prompt: shapes [P, K, *latent] and [P, K]."""
+        noises, timesteps = [], []
+        for prompt_id in prompt_ids:
+            generator = prompt_generator(self.seed, int(prompt_id))
+            noises.append(torch.randn((self.num_draws, *latent_shape), generator=generator))
+            timesteps.append(torch.randint(0, self.model.num_train_timesteps, (self.num_draws,), generator=generator))
+        return torch.stack(noises), torch.stack(timesteps)
+
+    @torch.no_grad()
+    def _mean_errors(self, view: UNetView, latents, noise, timesteps, conditioning) -> torch.Tensor:
+        """Mean over draws of e(x). latents [P, N, *s], noise [P, K, *s], timesteps [P, K] -> [P, N]."""
+        num_prompts, num_candidates = latents.shape[:2]
+        k = self.num_draws
+        device = self.model.device
+        # Rows ordered (prompt, candidate, draw): candidate n of prompt p meets draws 0..K-1 of prompt p.
+        flat_latents = latents[:, :, None].expand(-1, -1, k, *latents.shape[2:]).reshape(-1, *latents.shape[2:])
+        flat_noise = noise[:, None].expand(-1, num_candidates, -1, *noise.shape[2:]).reshape(-1, *noise.shape[2:])
+        flat_t = timesteps[:, None].expand(-1, num_candidates, -1).reshape(-1)
+        prompt_index = torch.arange(num_prompts).repeat_interleave(num_candidates * k)
+        errors = []
+        with view.active() as unet:
+            for start in range(0, len(flat_latents), self.max_batch_size):
+                rows = slice(start, start + self.max_batch_size)
+                errors.append(
+                    denoising_errors(
+                        unet,
+                        self.model.noise_scheduler,
+                        flat_latents[rows].to(device),
+                        flat_noise[rows].to(device),
+                        flat_t[rows].to(device),
+                        conditioning.index(prompt_index[rows].to(conditioning.encoder_hidden_states.device)),
+                    ).cpu()
+                )
+        return torch.cat(errors).view(num_prompts, num_candidates, k).mean(dim=2)
+
+    def conditioning_for(self, prompts: list[str]) -> UNetConditioning:
+        hidden, pooled = self.model.encode_prompts(list(prompts))
+        return self.model.conditioning(hidden, pooled)
+
+    # ----- rewards -----
+    @torch.no_grad()
+    def score_latents(self, latents: torch.Tensor, prompts: list[str], prompt_ids=None, seed: int | None = None):
+        """Implicit rewards of candidate latents.
+
+        Args:
+            latents: `[P, N, C, h, w]` (N candidates for each of P prompts) or `[P, C, h, w]` (one image each).
+            prompts: P prompts.
+            prompt_ids: P integers that seed each prompt's K draws (defaults to 0..P-1). Give stable ids (e.g. the
+                prompt's index in its dataset) to get the same rewards however prompts are batched or sharded.
+            seed: overrides the scorer's seed (e.g. fresh draws for a confidence check).
+
+        Returns:
+            Rewards of shape `[P, N]` (or `[P]` for 4-d input).
+        """
+        single = latents.ndim == 4
+        if single:
+            latents = latents[:, None]
+        if len(prompts) != len(latents):
+            raise ValueError(f"Got {len(latents)} latent groups for {len(prompts)} prompts: give one prompt per group.")
+        prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
+        saved_seed = self.seed
+        self.seed = saved_seed if seed is None else seed
+        try:
+            noise, timesteps = self._draws(latents.shape[2:], prompt_ids)
+        finally:
+            self.seed = saved_seed
+        conditioning = self.conditioning_for(prompts)
+        latents = latents.float().cpu()
+        policy = self._mean_errors(self.policy, latents, noise, timesteps, conditioning)
+        reference = self._mean_errors(self.reference, latents, noise, timesteps, conditioning)
+        rewards = implicit_reward(policy, reference, self.beta)
+        return rewards[:, 0] if single else rewards
+
+    @torch.no_grad()
+    def score_images(self, images, prompts: list[str], prompt_ids=None, batch_size: int = 16) -> torch.Tensor:
+        """Implicit rewards of PIL images (one per prompt). Images are resized to the model's resolution."""
+        from .data import pil_to_tensor
+
+        size = self.model.pipeline.unet.config.sample_size * self.model.vae_scale_factor
+        latents = []
+        for start in tqdm(range(0, len(images), batch_size), desc="Encoding images", leave=False, disable=len(images) <= batch_size):
+            chunk = images[start : start + batch_size]
+            pixels = torch.stack([pil_to_tensor(image.convert("RGB").resize((size, size))) for image in chunk])
+            latents.append(self.model.encode_images(pixels).cpu())
+        return self.score_latents(torch.cat(latents), prompts, prompt_ids)
+
+    @staticmethod
+    def probability(reward_a: torch.Tensor, reward_b: torch.Tensor) -> torch.Tensor:
+        """p(A > B) = sigmoid(r_A - r_B), the probability the Diffusion-DPO loss uses."""
+        return preference_probability(reward_a, reward_b)
+
+    @staticmethod
+    def best_and_worst(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of the highest- and lowest-reward candidate of each prompt, for rewards `[P, N]`."""
+        return rewards.argmax(dim=1), rewards.argmin(dim=1)
+
+    def num_unet_calls(self, num_prompts: int, num_candidates: int) -> int:
+        """UNet forwards calls one `score_latents` makes (both models)."""
+        return 2 * math.ceil(num_prompts * num_candidates * self.num_draws / self.max_batch_size)
