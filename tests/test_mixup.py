@@ -1,7 +1,12 @@
 """SAIL mixup: per-optimizer-step composition through accelerate's real sharding and transformers.Trainer."""
 
+import json
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +25,9 @@ from trl_sail.mixup import (
 )
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
 def fake_pairs(n: int, tag: str, wrong_source: int | None = None) -> list[dict]:
     # `wrong_source` checks that MixedPreferenceDataset overrides whatever source the items carry.
     items = [{"prompt": f"{tag}{i}", "key": f"{tag}{i}"} for i in range(n)]
@@ -34,6 +42,7 @@ def index_collator(examples: list[dict]) -> dict:
 
 
 def make_args(tmp_path, batch: int, accum: int, **kwargs) -> TrainingArguments:
+    kwargs.setdefault("num_train_epochs", 1)  # the sampler's length is the phase (see docs/mixup.md)
     return TrainingArguments(
         output_dir=str(tmp_path),
         per_device_train_batch_size=batch,
@@ -141,6 +150,16 @@ def test_every_pair_used_once_before_any_repeats(num_self_pairs):
             assert max(values) - min(values) <= 1
 
 
+def test_each_pass_over_a_source_is_a_fresh_permutation():
+    # One pair per step: the steps read the self stream in order.
+    stream = [b[0] - 5 for b in MixupBatchSampler(5, 10, alpha=1.0, num_optimizer_steps=30, seed=1)]
+    passes = [stream[i : i + 10] for i in range(0, 30, 10)]
+    assert all(sorted(p) == list(range(10)) for p in passes)
+    assert len({tuple(p) for p in passes}) == 3 and passes[0] != list(range(10))
+    other_seed = [b[0] - 5 for b in MixupBatchSampler(5, 10, alpha=1.0, num_optimizer_steps=10, seed=2)]
+    assert other_seed != passes[0]
+
+
 def test_deterministic_seeded_and_epochs_continue_the_stream():
     def batches(seed, **kwargs):
         return list(MixupBatchSampler(31, 11, 0.25, 3, 2, seed=seed, num_optimizer_steps=kwargs.pop("steps", 10)))
@@ -176,6 +195,9 @@ class _Scalar(torch.nn.Module):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
 
+    def forward(self, source: torch.Tensor) -> torch.Tensor:
+        return ((self.weight - source.float().mean()) ** 2).sum()
+
 
 class _RecordingTrainer(Trainer):
     """What the SAIL trainer does: its own training dataloader, prepared (and so sharded) by accelerate only."""
@@ -198,7 +220,7 @@ class _RecordingTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.seen.append((self.state.global_step, inputs["key"], inputs["source"].tolist()))
-        return ((model.weight - inputs["source"].float().mean()) ** 2).sum()
+        return model(inputs["source"])
 
 
 @pytest.mark.parametrize("epochs, steps_per_epoch, resume_step", [(1, 7, 4), (2, 5, 8)])
@@ -228,10 +250,61 @@ def test_transformers_trainer_steps_and_resume(tmp_path, epochs, steps_per_epoch
         assert len(sources) == 6 and sources.count(SOURCE_SELF) in (1, 2)  # alpha * G = 1.5
     assert sum(s.count(SOURCE_SELF) for _, _, s in full.seen) == math.floor(0.25 * 6 * total)
     # Later epochs continue the stream instead of replaying the first one.
-    assert [k for _, k, _ in full.seen[: steps_per_epoch * 2]] != [k for _, k, _ in full.seen[steps_per_epoch * 2 :]]
+    if epochs > 1:
+        first, second = full.seen[: steps_per_epoch * 2], full.seen[steps_per_epoch * 2 : steps_per_epoch * 4]
+        assert [k for _, k, _ in first] != [k for _, k, _ in second]
 
     resumed = run(resume=str(tmp_path / f"checkpoint-{resume_step}"))
     assert resumed.seen == [record for record in full.seen if record[0] >= resume_step]
+
+
+_DDP_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from test_mixup import _RecordingTrainer, _Scalar, fake_pairs, index_collator, make_args
+from trl_sail.mixup import MixedPreferenceDataset, MixupPreferenceCollator
+
+dataset = MixedPreferenceDataset(fake_pairs(40, "seed"), fake_pairs(13, "self"))
+args = make_args(sys.argv[1], batch=2, accum=3, save_strategy="no", logging_steps=100, ddp_backend="gloo")
+trainer = _RecordingTrainer(
+    model=_Scalar(), args=args, train_dataset=dataset, data_collator=MixupPreferenceCollator(index_collator),
+    mixup_steps=6,
+)
+trainer.train()
+with open(f"{sys.argv[1]}/seen-{args.process_index}.json", "w") as f:
+    json.dump({"world_size": args.world_size, "seen": trainer.seen}, f)
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_trainer(tmp_path, request):
+    # Real DDP (torchrun, gloo on CPU): each optimizer step over both processes holds the planned pairs.
+    if os.environ.get("TRL_SAIL_SLOW") != "1" and not request.config.getoption("--runslow", default=False):
+        pytest.skip("slow: set TRL_SAIL_SLOW=1 or pass --runslow")
+    script = tmp_path / "ddp_mixup.py"
+    script.write_text(_DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*command, str(script), str(tmp_path), str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [json.loads((tmp_path / f"seen-{p}.json").read_text()) for p in range(2)]
+    assert [run["world_size"] for run in runs] == [2, 2]
+    dataset = MixedPreferenceDataset(fake_pairs(40, "seed"), fake_pairs(13, "self"))
+    plan = MixupBatchSampler(40, 13, 0.25, 2, 3, num_processes=2, seed=7, num_optimizer_steps=6)
+    for step in range(6):
+        per_process = [[keys for s, keys, _ in run["seen"] if s == step] for run in runs]
+        assert [len(batches) for batches in per_process] == [3, 3]
+        for p in range(2):  # process p trains on exactly blocks [:, p] of the plan, in order
+            expected = [[dataset[i]["key"] for i in block] for block in plan.step_batches(step)[:, p]]
+            assert per_process[p] == expected
+        sources = [source for run in runs for s, _, batch in run["seen"] if s == step for source in batch]
+        assert sources.count(SOURCE_SELF) == plan.step_counts(step)[1] == 3  # alpha * 12 = 3
 
 
 def test_collator_keeps_sources_and_feeds_the_dpo_collator():

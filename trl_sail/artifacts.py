@@ -86,9 +86,14 @@ def load_lora_into_unet(unet: torch.nn.Module, diffusers_state_dict: dict, adapt
         key = key.removeprefix("unet.").replace("lora.down.", "lora_A.").replace("lora.up.", "lora_B.")
         peft_state_dict[key] = value
     result = set_peft_model_state_dict(unet, peft_state_dict, adapter_name=adapter_name)
-    unexpected = getattr(result, "unexpected_keys", [])
-    if unexpected:
-        raise ValueError(f"LoRA weights do not match the UNet's adapter: unexpected keys {unexpected[:5]}...")
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    # A partial load would silently leave some layers at their old values: the adapter's keys must all be present.
+    missing = [k for k in getattr(result, "missing_keys", []) if f".{adapter_name}." in k and "lora_" in k]
+    if unexpected or missing:
+        raise ValueError(
+            f"LoRA weights do not match the UNet's adapter {adapter_name!r}: unexpected keys {unexpected[:3]}, missing "
+            f"keys {missing[:3]}. Were they saved from a UNet with the same LoRA config (rank, target modules)?"
+        )
 
 
 def write_model_card(

@@ -261,14 +261,27 @@ class DiffusionDPOTrainer(Trainer):
         )
         return latents_w, latents_l, conditioning
 
-    def pair_errors(self, unet, latents_w, latents_l, conditioning: UNetConditioning, generator=None):
+    def pair_errors(
+        self,
+        unet,
+        latents_w,
+        latents_l,
+        conditioning: UNetConditioning,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+    ):
         """Policy and reference errors on both images of each pair, with one (noise, timestep) per pair.
 
-        The policy runs once over [winners; losers]; the reference the same, without gradients.
+        The policy runs once over [winners; losers]; the reference the same, without gradients. `noise` and
+        `timesteps` (one per pair) are drawn from `generator` unless given.
         """
         batch = len(latents_w)
-        noise = torch.randn(latents_w.shape, generator=generator).to(latents_w.device)
-        timesteps = torch.randint(0, self.t2i.num_train_timesteps, (batch,), generator=generator).to(latents_w.device)
+        if noise is None:
+            noise = torch.randn(latents_w.shape, generator=generator)
+        if timesteps is None:
+            timesteps = torch.randint(0, self.t2i.num_train_timesteps, (batch,), generator=generator)
+        noise, timesteps = noise.to(latents_w.device), timesteps.to(latents_w.device)
         latents = torch.cat([latents_w, latents_l])
         noise, timesteps, conditioning = (
             torch.cat([noise, noise]),
@@ -302,10 +315,13 @@ class DiffusionDPOTrainer(Trainer):
         output = diffusion_dpo_loss(policy_w, policy_l, ref_w, ref_l, self.args.beta)
         loss = output.losses.mean()
         if not torch.isfinite(loss):
+            if mode == "eval":
+                raise NonFiniteLossError(f"Non-finite Diffusion-DPO loss ({loss.item()}) in evaluation.")
+            # Raised before backward: the weights and the checkpoints on disk keep their last finite state.
             raise NonFiniteLossError(
-                f"Non-finite Diffusion-DPO loss ({loss.item()}) at step {self.state.global_step}: training stopped "
-                f"before the optimizer step, and the last checkpoint in {self.args.output_dir} is intact. Lower the "
-                "learning rate or beta, or use bf16 instead of fp16, then resume with "
+                f"Non-finite Diffusion-DPO loss ({loss.item()}) at optimizer step {self.state.global_step + 1}: "
+                f"training stopped before that step's update, and the last checkpoint in {self.args.output_dir} is "
+                "intact. Lower the learning rate or beta, or use bf16 instead of fp16, then resume with "
                 "`train(resume_from_checkpoint=True)`."
             )
         self._record_metrics(mode, output, policy_w, policy_l, ref_w, ref_l, inputs.get("source"))

@@ -415,6 +415,15 @@ def build_mixup_dataloader(
         num_optimizer_steps=num_optimizer_steps,
         epochs_over_self=epochs_over_self,
     )
+    more_epochs = args.max_steps > sampler.num_optimizer_steps if args.max_steps > 0 else args.num_train_epochs > 1
+    if more_epochs and sampler.num_processes > 1:
+        # Trainer reaches `set_epoch` of a batch sampler one wrapper deep; after a resume it sits two deep
+        # (SkipBatchSampler(BatchSamplerShard(...))), so resuming inside a later epoch would replay epoch 0's stream.
+        logger.warning(
+            "The mixup sampler's length is the training phase: set num_train_epochs=1 and max_steps=-1 (choose the "
+            "length with num_optimizer_steps / epochs_over_self). With several processes, resuming inside a later "
+            "Trainer epoch would restart the mixup stream at epoch 0."
+        )
     workers = args.dataloader_num_workers
     # The options Trainer._get_dataloader passes, minus batch_size/sampler/drop_last, which the batch sampler replaces.
     return DataLoader(

@@ -20,7 +20,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import time
 from collections.abc import Callable
 
@@ -43,7 +42,7 @@ from .data import SOURCE_SEED, SOURCE_SELF, PreferencePairs
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .diffusion_dpo_trainer import DiffusionDPOTrainer
 from .generation import CandidateGenerator, SamplingSettings, read_records, records_to_dataset
-from .mixup import MixedPreferenceDataset, MixupPreferenceCollator, build_mixup_dataloader
+from .mixup import MixedPreferenceDataset, MixupPreferenceCollator, build_mixup_dataloader, num_optimizer_steps_for
 from .models import TextToImageModel, UNetView, load_pipeline
 from .sail_config import SAILConfig
 from .scorer import ImplicitDiffusionRewardScorer
@@ -53,12 +52,6 @@ logger = logging.getLogger(__name__)
 
 POLICY_ADAPTER, ANCHOR_ADAPTER, REFERENCE_ADAPTER = "default", "sail_anchor", "sail_reference"
 ROUND_INFO = "sail_round.json"
-
-
-def crash_point(name: str) -> None:
-    """Test hook: `TRL_SAIL_KILL_AT=name` kills the process here with SIGKILL (a crash at a precise moment)."""
-    if os.environ.get("TRL_SAIL_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def prompts_from(dataset) -> list[str]:
@@ -328,7 +321,6 @@ class SAILTrainer:
         metrics = self._train_dpo(i, train_dataset, reference, max_steps)
         timings["dpo_s"] = round(time.time() - t, 2)
         info.update(metrics=metrics, timings=timings)
-        crash_point(f"before_write_round_{i}")
         self._write_round(i, info)
 
     def _self_round_steps(self, num_self: int) -> int:
@@ -336,8 +328,9 @@ class SAILTrainer:
         if args.self_round_max_steps is not None:
             return args.self_round_max_steps
         pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * self.state.num_processes
-        self_per_step = args.mixup_alpha * pairs_per_step if args.mixup_alpha > 0 else pairs_per_step
-        return max(1, math.ceil(args.self_round_epochs * num_self / self_per_step))
+        return num_optimizer_steps_for(
+            args.self_round_epochs, len(self.seed_pairs) if self.seed_pairs else 0, num_self, args.mixup_alpha, pairs_per_step
+        )
 
     def _phase_args(self, i: int, max_steps: int) -> DiffusionDPOConfig:
         """The DPO phase's config: the SAIL config's Diffusion-DPO fields, writing under work/round_i/dpo."""
@@ -425,7 +418,6 @@ class SAILTrainer:
             self.pipeline.scheduler = original_scheduler
             self.unet.train()
         self.state.wait_for_everyone()
-        crash_point(f"after_generation_{i}")
         return records_to_dataset(directory, ids)
 
     def _monitor(self, i: int, pairs: Dataset) -> dict:
@@ -469,7 +461,6 @@ class SAILTrainer:
                     records_to_dataset(
                         os.path.join(self.work_dir(i), "generation"), [pid for pid, _ in self.round_prompts[i - 1]]
                     ).save_to_disk(os.path.join(tmp, "preferences"))
-                crash_point(f"while_writing_round_{i}")
                 self._write_card(tmp, i, info)
                 write_json(os.path.join(tmp, ROUND_INFO), info)
         self.state.wait_for_everyone()

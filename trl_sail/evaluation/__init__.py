@@ -1,7 +1,15 @@
-"""Evaluation as in the SAIL paper: PickScore, HPSv2, ImageReward and LAION Aesthetics v2 scorers, prompt sets, and
-the `trl-sail evaluate` script that generates images for several models and writes a results table."""
+"""Evaluation as in the SAIL paper.
+
+- Scorers for the four automatic metrics: [`PickScoreScorer`], [`HPSv2Scorer`] (v2.0 / v2.1), [`ImageRewardScorer`],
+  [`AestheticScorer`]; [`build_scorers`] builds them by name (`"pickscore"`, `"hpsv2"`, `"hpsv2.1"`,
+  `"imagereward"`, `"aesthetics"`).
+- Prompt sets: text/JSON files, dataset columns, and the named benchmarks (Pick-a-Pic test, HPSv2, PartiPrompts).
+- The `trl-sail evaluate` script ([`make_parser`], [`main`], [`cli_main`]): sample several models with fixed seeds,
+  score them and write the paper's table (markdown + JSON) and image grids.
+"""
 
 from .checkpoints import ScorerLoadingError, convert_image_reward_state_dict, convert_open_clip_state_dict
+from .prompts import NAMED_PROMPT_SETS, PromptSet, PromptSetUnavailableError, load_prompt_set
 from .scorers import (
     SCORERS,
     AestheticScorer,
@@ -12,3 +20,27 @@ from .scorers import (
     build_scorers,
     load_scorer,
 )
+from .script import EvaluateArguments, cli_main, main, make_parser
+
+
+__all__ = [
+    "NAMED_PROMPT_SETS",
+    "SCORERS",
+    "AestheticScorer",
+    "EvaluateArguments",
+    "HPSv2Scorer",
+    "ImageRewardScorer",
+    "PickScoreScorer",
+    "PromptSet",
+    "PromptSetUnavailableError",
+    "Scorer",
+    "ScorerLoadingError",
+    "build_scorers",
+    "cli_main",
+    "convert_image_reward_state_dict",
+    "convert_open_clip_state_dict",
+    "load_prompt_set",
+    "load_scorer",
+    "main",
+    "make_parser",
+]

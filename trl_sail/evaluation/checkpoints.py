@@ -24,7 +24,7 @@ class ScorerLoadingError(OSError):
     """A scorer's model, processor or checkpoint could not be found or read."""
 
 
-def _looks_like_local_path(name_or_path: str) -> bool:
+def looks_like_local_path(name_or_path: str) -> bool:
     # A Hub id is "name" or "owner/name"; anything absolute, relative-dotted or home-based is meant as a local path.
     return name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1
 
@@ -67,7 +67,7 @@ def resolve_file(
         if os.path.isfile(candidate):
             return candidate
         raise ScorerLoadingError(f"The {what} was not found: {candidate} does not exist. {hint}")
-    if _looks_like_local_path(name_or_path):
+    if looks_like_local_path(name_or_path):
         raise ScorerLoadingError(f"The {what} was not found: no file or directory at {name_or_path!r}. {hint}")
 
     from huggingface_hub import hf_hub_download
@@ -322,6 +322,10 @@ def image_reward_text_config_kwargs(med_config_path: str, encoder_hidden_size: i
     kwargs = {key: med[key] for key in keys if key in med}
     # bos/eos/sep ids are unused by an encoder; None avoids out-of-vocabulary warnings for small configs.
     kwargs.update(
-        encoder_hidden_size=encoder_hidden_size, is_decoder=True, bos_token_id=None, eos_token_id=None, sep_token_id=None
+        encoder_hidden_size=encoder_hidden_size,
+        is_decoder=True,
+        bos_token_id=None,
+        eos_token_id=None,
+        sep_token_id=None,
     )
     return kwargs

@@ -64,7 +64,9 @@ class PromptSet:
         rng = random.Random(seed)
         if self.categories:
             # Equal share per category, so per-category columns stay meaningful on a subset.
-            by_category = {name: [i for i, c in enumerate(self.categories) if c == name] for name in self.category_names}
+            by_category = {
+                name: [i for i, c in enumerate(self.categories) if c == name] for name in self.category_names
+            }
             share, extra = divmod(max_prompts, len(by_category))
             indices = []
             for rank, members in enumerate(by_category.values()):
@@ -199,6 +201,4 @@ def load_prompt_set(
         return load_prompt_file(prompts)
     if _ALIASES.get(prompts.lower(), prompts.lower()) in NAMED_PROMPT_SETS:
         return load_named_prompt_set(prompts)
-    raise ValueError(
-        f"{prompts!r} is neither a file nor a named prompt set ({', '.join(NAMED_PROMPT_SETS)})."
-    )
+    raise ValueError(f"{prompts!r} is neither a file nor a named prompt set ({', '.join(NAMED_PROMPT_SETS)}).")

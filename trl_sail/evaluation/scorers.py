@@ -41,6 +41,7 @@ from .checkpoints import (
     image_reward_vision_config_kwargs,
     load_into,
     load_state_dict,
+    looks_like_local_path,
     resolve_file,
 )
 from .modeling import ImageRewardModel, ScoreHead
@@ -132,6 +133,8 @@ def to_pil_image(image) -> Image.Image:
 
 
 def _from_pretrained(loader, name_or_path: str, what: str, hint: str, **kwargs):
+    if looks_like_local_path(name_or_path) and not os.path.exists(os.path.expanduser(name_or_path)):
+        raise ScorerLoadingError(f"The {what} was not found: no directory at {name_or_path!r}. {hint}")
     try:
         return loader(name_or_path, **kwargs)
     except OSError as error:  # not found locally, not on the Hub, or no network
@@ -285,7 +288,11 @@ class PickScoreScorer(Scorer):
             f"`{PICKSCORE_MODEL}` and `{PICKSCORE_PROCESSOR}`",
         )
         self.image_processor = _from_pretrained(
-            AutoImageProcessor.from_pretrained, processor_name_or_path, "PickScore image processor", hint, backend="pil"
+            AutoImageProcessor.from_pretrained,
+            processor_name_or_path,
+            "PickScore image processor",
+            hint,
+            backend="pil",
         )
         self.tokenizer = _from_pretrained(
             AutoTokenizer.from_pretrained, processor_name_or_path, "PickScore tokenizer", hint
@@ -428,7 +435,8 @@ class ImageRewardScorer(Scorer):
         checkpoint = resolve_file(
             model_name_or_path, IMAGE_REWARD_CHECKPOINT, "ImageReward checkpoint", hint, revision=revision
         )
-        config_location = os.path.dirname(checkpoint) if os.path.isfile(model_name_or_path) else model_name_or_path
+        is_file = os.path.isfile(os.path.expanduser(model_name_or_path))
+        config_location = os.path.dirname(checkpoint) if is_file else model_name_or_path
         med_config = resolve_file(
             config_location, IMAGE_REWARD_MED_CONFIG, "ImageReward text-encoder config", hint, revision=revision
         )
@@ -464,7 +472,9 @@ class ImageRewardScorer(Scorer):
             prompts, padding="max_length", truncation=True, max_length=IMAGE_REWARD_MAX_LENGTH, return_tensors="pt"
         )
         return self.model(
-            pixel_values.to(self.device, self.dtype), text.input_ids.to(self.device), text.attention_mask.to(self.device)
+            pixel_values.to(self.device, self.dtype),
+            text.input_ids.to(self.device),
+            text.attention_mask.to(self.device),
         )
 
     def _score_batch(self, images, prompts):
@@ -578,9 +588,7 @@ def load_scorer(name: str, **kwargs) -> Scorer:
     return cls(**fixed, **kwargs)
 
 
-def build_scorers(
-    names: Sequence[str], scorer_kwargs: dict[str, dict] | None = None, **kwargs
-) -> dict[str, Scorer]:
+def build_scorers(names: Sequence[str], scorer_kwargs: dict[str, dict] | None = None, **kwargs) -> dict[str, Scorer]:
     """Build scorers by name, e.g. for SAIL's evaluation after every round.
 
     Args:
@@ -609,5 +617,5 @@ def build_scorers(
     for name in names:
         key = canonical_scorer_name(name)
         if key not in scorers:
-            scorers[key] = load_scorer(key, **kwargs, **scorer_kwargs.get(key, {}))
+            scorers[key] = load_scorer(key, **{**kwargs, **scorer_kwargs.get(key, {})})
     return scorers

@@ -1,0 +1,152 @@
+"""A small SAIL run, launched by tests in a subprocess so it can be killed (SIGKILL) at a chosen moment.
+
+Usage: python sail_run.py PIPELINE_DIR OUTPUT_DIR HUB_ROOT {full,lora} {none,generation,dpo,writing} NUM_ROUNDS WORK_LOG
+
+Every prompt sampled and every DPO step taken is appended to WORK_LOG as it happens, so a test can tell what a run
+(even a killed one) did.
+"""
+
+import io
+import os
+import signal
+import sys
+
+import numpy as np
+from datasets import Dataset
+from PIL import Image
+from transformers import TrainerCallback
+
+
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def seed_dataset(num_pairs=8):
+    rng = np.random.default_rng(0)
+
+    def png(color):
+        array = np.clip(np.array(color)[None, None] + rng.integers(-20, 21, (32, 32, 3)), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    return Dataset.from_dict(
+        {
+            "caption": [f"a shape {i}" for i in range(num_pairs)],
+            "jpg_0": [png((200, 40, 40)) for _ in range(num_pairs)],
+            "jpg_1": [png((40, 40, 200)) for _ in range(num_pairs)],
+            "label_0": [1.0] * num_pairs,
+            "label_1": [0.0] * num_pairs,
+        }
+    )
+
+
+def sail_config(output_dir, **overrides):
+    from trl_sail.sail_config import SAILConfig
+
+    values = dict(
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=1e-4,
+        logging_steps=1,
+        save_steps=1,
+        report_to=[],
+        num_rounds=2,
+        prompts_per_round=[3, 3],
+        num_candidates=3,
+        sampling_num_inference_steps=2,
+        sampling_guidance_scale=2.0,
+        num_reward_draws=2,
+        generation_batch_size=2,
+        self_round_max_steps=2,
+        eval_prompts=["a shape 0", "held out prompt"],
+        push_to_hub=True,
+        hub_model_id="me/sail-test",
+        seed=0,
+    )
+    values.update(overrides)
+    return SAILConfig(output_dir, **values)
+
+
+PROMPTS = [f"prompt number {i}" for i in range(12)] + ["held out prompt"]
+
+
+class KillAfterSave(TrainerCallback):
+    """Kill the process right after round 1's DPO phase wrote its first checkpoint."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if "round_1" in args.output_dir and state.global_step == 1:
+            kill()
+
+
+def main(pipeline_dir, output_dir, hub_root, mode, kill_at, num_rounds, work_log):
+    from peft import LoraConfig
+
+    import trl_sail.generation as generation
+    import trl_sail.sail_trainer as sail_trainer
+    from trl_sail.hub import LocalHubApi
+
+    if kill_at == "generation":
+        # Kill in round 1 after its first prompt group was written (the second group is being sampled).
+        original = generation.CandidateGenerator.sample_latents
+        calls = []
+
+        def sample_then_maybe_kill(self, prompts, prompt_ids):
+            calls.append(1)
+            if len(calls) == 2:
+                kill()
+            return original(self, prompts, prompt_ids)
+
+        generation.CandidateGenerator.sample_latents = sample_then_maybe_kill
+    if kill_at == "writing":
+        # Kill while round 1's artifacts are being written (model saved, model card not yet).
+        original_card = sail_trainer.write_model_card
+
+        def card_then_maybe_kill(directory, *args, **kwargs):
+            if "round_1" in directory:
+                kill()
+            return original_card(directory, *args, **kwargs)
+
+        sail_trainer.write_model_card = card_then_maybe_kill
+    # Log the work this process does, to check that a rerun does not redo finished work.
+    def log(event):
+        with open(work_log, "a") as f:
+            f.write(event + "\n")
+
+    original_sample = generation.CandidateGenerator.sample_latents
+
+    def counting_sample(self, prompts, prompt_ids):
+        latents = original_sample(self, prompts, prompt_ids)
+        for prompt_id in prompt_ids:
+            log(f"sample {prompt_id}")
+        return latents
+
+    generation.CandidateGenerator.sample_latents = counting_sample
+    original_step = sail_trainer.DiffusionDPOTrainer.training_step
+
+    def counting_step(self, *args, **kwargs):
+        loss = original_step(self, *args, **kwargs)
+        log(f"step {os.path.basename(os.path.dirname(self.args.output_dir))}")
+        return loss
+
+    sail_trainer.DiffusionDPOTrainer.training_step = counting_step
+    peft_config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]) if mode == "lora" else None
+    trainer = sail_trainer.SAILTrainer(
+        pipeline_dir,
+        sail_config(
+            output_dir,
+            learning_rate=1e-3 if mode == "lora" else 1e-4,
+            num_rounds=int(num_rounds),
+            prompts_per_round=3,
+        ),
+        seed_dataset(),
+        prompt_dataset=PROMPTS,
+        peft_config=peft_config,
+        hub_api=LocalHubApi(hub_root),
+        callbacks=[KillAfterSave()] if kill_at == "dpo" else None,
+    )
+    trainer.train()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
