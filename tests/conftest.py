@@ -9,12 +9,17 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from datasets import Dataset
 from datasets import Image as ImageFeature
 from PIL import Image
 
 from trl_sail.tiny import build_tiny_pipeline
 
+
+# Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads spin against each other
+# (measured here: one training step 4x slower with 2 threads than with 1). Override with TRL_SAIL_TEST_THREADS.
+torch.set_num_threads(int(os.environ.get("TRL_SAIL_TEST_THREADS", "1")))
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked @pytest.mark.slow")

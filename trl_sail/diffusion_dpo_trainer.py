@@ -5,6 +5,7 @@ Read top to bottom: loading (pipeline, LoRA, reference), data (schemas, caching)
 """
 
 import copy
+import json
 import logging
 import os
 from collections import defaultdict
@@ -13,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from datasets import Dataset
+from diffusers.configuration_utils import FrozenDict
 from transformers import Trainer, TrainerCallback
 
 from .artifacts import (
@@ -35,6 +37,17 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the Diffusion-DPO loss is NaN or infinite, before the optimizer step of that batch."""
+
+
+class _TrackerFriendlyConfig(FrozenDict):
+    """A diffusers model config that the `transformers` tracker callbacks can log (they call `to_json_string` /
+    `to_dict`, which `transformers` configs have and diffusers' `FrozenDict` lacks)."""
+
+    def to_dict(self) -> dict:
+        return dict(self)
+
+    def to_json_string(self) -> str:
+        return json.dumps(dict(self), indent=2, sort_keys=True, default=str)
 
 
 class _CollatorEpochCallback(TrainerCallback):
@@ -111,6 +124,8 @@ class DiffusionDPOTrainer(Trainer):
         self.resolution = args.resolution or pipeline.unet.config.sample_size * self.t2i.vae_scale_factor
         self.t2i.check_resolution(self.resolution)
         unet = pipeline.unet
+        if not isinstance(unet._internal_dict, _TrackerFriendlyConfig):
+            unet._internal_dict = _TrackerFriendlyConfig(unet._internal_dict)
         if unet.dtype != torch.float32:
             # `torch_dtype` is for the frozen parts: trained weights stay in float32 (mixed precision comes from
             # bf16/fp16), otherwise AdamW and the grad scaler would work on half-precision master weights.

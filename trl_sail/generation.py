@@ -204,7 +204,14 @@ def _read_bytes(directory: str, name: str) -> bytes:
 
 
 def records_to_dataset(directory: str, prompt_ids: list[int]):
-    """The round's self pairs as a `datasets.Dataset` (TRL-like schema + rewards and p), in prompt-id order."""
+    """The round's self pairs as a `datasets.Dataset` (TRL-like schema + rewards and p), in prompt-id order.
+
+    Rows are written to Arrow files under `directory/dataset/` one small batch at a time, with the images embedded as
+    PNG bytes (not paths, so the dataset does not depend on the work directory), and memory-mapped back: memory does
+    not grow with the number of prompts.
+    """
+    import shutil
+
     from datasets import Dataset, Features, Value
     from datasets import Image as ImageFeature
 
@@ -212,7 +219,6 @@ def records_to_dataset(directory: str, prompt_ids: list[int]):
     missing = [pid for pid in prompt_ids if pid not in records]
     if missing:
         raise RuntimeError(f"{len(missing)} prompts of this round have no generated pair yet (e.g. {missing[:5]}).")
-    rows = [records[pid] for pid in prompt_ids]
     features = Features(
         {
             "prompt": Value("string"),
@@ -226,18 +232,19 @@ def records_to_dataset(directory: str, prompt_ids: list[int]):
             "diversity": Value("float64"),
         }
     )
-    return Dataset.from_dict(
-        {
-            "prompt": [r["prompt"] for r in rows],
-            # Embedded bytes, not paths: the saved dataset must not depend on the work directory.
-            "chosen": [{"bytes": _read_bytes(directory, r["chosen_image"]), "path": None} for r in rows],
-            "rejected": [{"bytes": _read_bytes(directory, r["rejected_image"]), "path": None} for r in rows],
-            "chosen_reward": [r["chosen_reward"] for r in rows],
-            "rejected_reward": [r["rejected_reward"] for r in rows],
-            "p": [r["p"] for r in rows],
-            "prompt_id": [r["prompt_id"] for r in rows],
-            "fresh_confidence": [r["fresh_confidence"] for r in rows],
-            "diversity": [r["diversity"] for r in rows],
-        },
-        features=features,
-    )
+
+    def rows():
+        for pid in prompt_ids:
+            record = records[pid]
+            yield {
+                "prompt": record["prompt"],
+                "chosen": {"bytes": _read_bytes(directory, record["chosen_image"]), "path": None},
+                "rejected": {"bytes": _read_bytes(directory, record["rejected_image"]), "path": None},
+                **{key: record[key] for key in ("chosen_reward", "rejected_reward", "p", "prompt_id")},
+                "fresh_confidence": record["fresh_confidence"],
+                "diversity": record["diversity"],
+            }
+
+    cache_dir = os.path.join(directory, "dataset")
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    return Dataset.from_generator(rows, features=features, cache_dir=cache_dir, writer_batch_size=64, keep_in_memory=False)

@@ -149,7 +149,9 @@ class TextToImageModel:
         vae_dtype = next(self.vae.parameters()).dtype
         latents = self.vae.encode(pixel_values.to(self.device, vae_dtype)).latent_dist.mean
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return ((latents - shift) * self.vae.config.scaling_factor).float()
+        # contiguous: a CPU VAE returns channels-last tensors, which would send the UNet down other conv kernels
+        # than cached latents do (same loss up to float rounding, but not bit-identical).
+        return ((latents - shift) * self.vae.config.scaling_factor).float().contiguous()
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
