@@ -258,3 +258,35 @@ def test_killed_runs_resume_without_redoing_work_and_match_an_uninterrupted_run(
     assert os.path.isdir(LocalHubApi(str(hub)).local_path("me/sail-test", "round-1"))
     state = json.load(open(out / "sail_state.json"))
     assert state["pushed"] == [0, 1]
+
+
+def test_eval_scorers_run_after_every_round_and_reach_the_model_card(pipeline_path, tmp_path):
+    from trl_sail.evaluation import build_scorers
+    from trl_sail.evaluation.generation import generate_images
+    from trl_sail.evaluation.tiny import build_tiny_scorer_checkpoints
+
+    scorer_kwargs = build_tiny_scorer_checkpoints(str(tmp_path / "scorers"))
+    args = sail_run.sail_config(
+        str(tmp_path / "out"), num_rounds=1, prompts_per_round=2, push_to_hub=False, max_steps=1,
+        self_round_max_steps=1, eval_scorers=["aesthetics", "pickscore"], eval_scorer_kwargs=scorer_kwargs,
+    )
+    trainer = SAILTrainer(pipeline_path, args, sail_run.seed_dataset(), prompt_dataset=sail_run.PROMPTS)
+    summaries = trainer.train()
+    # Recompute round 1's numbers from its saved pipeline with the same seeds and scorers.
+    saved = DiffusionPipeline.from_pretrained(str(tmp_path / "out" / "round_1"))
+    images = generate_images(
+        saved, args.eval_prompts, seed=args.seed, num_inference_steps=args.sampling_num_inference_steps,
+        guidance_scale=args.sampling_guidance_scale, show_progress=False,
+    )
+    scorers = build_scorers(["aesthetics", "pickscore"], scorer_kwargs=scorer_kwargs)
+    flat = [group[0] for group in images]
+    for name, scorer in scorers.items():
+        expected = float(np.mean(scorer.score(flat, args.eval_prompts)))
+        assert summaries[1]["eval"][f"eval/{name}"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
+        assert f"eval/{name}" in open(tmp_path / "out" / "round_1" / "README.md").read()
+    assert set(summaries[0]["eval"]) == {"eval/aesthetics", "eval/pickscore"}
+
+
+def test_eval_scorers_without_eval_prompts_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="set eval_prompts"):
+        SAILConfig(str(tmp_path), eval_scorers=["pickscore"])

@@ -77,7 +77,13 @@ class SAILConfig(DiffusionDPOConfig):
             Also push each round's self pairs as a dataset repo `{hub_model_id}-preferences` (revision `round-i`).
         eval_scorers (`list[str]`, *optional*):
             Scorers (`"pickscore"`, `"hpsv2"`, `"imagereward"`, `"aesthetics"`) run on `eval_prompts` after every
-            round; their means are logged and written into the round's model card. Off by default.
+            round; their means are logged and written into the round's model card. Off by default. Needs
+            `eval_prompts`.
+        eval_scorer_kwargs (`dict[str, dict]` or `str`, *optional*):
+            Per-scorer loading options (JSON on the command line), e.g. a local path for an offline machine:
+            `{"pickscore": {"model_name_or_path": "/models/PickScore_v1"}}`.
+        eval_images_per_prompt (`int`, *optional*, defaults to `1`):
+            Images per evaluation prompt (fixed seeds, the same for every round).
     """
 
     num_rounds: int = field(default=3, metadata={"help": "Self rounds after round 0."})
@@ -106,6 +112,8 @@ class SAILConfig(DiffusionDPOConfig):
     collapse_diversity_fraction: float = field(default=0.5, metadata={"help": "Warn below this x round-1 diversity."})
     push_preferences_to_hub: bool = field(default=False, metadata={"help": "Push self pairs as a dataset repo."})
     eval_scorers: list[str] | None = field(default=None, metadata={"help": "Scorers run after every round."})
+    eval_scorer_kwargs: dict | str | None = field(default=None, metadata={"help": "Per-scorer options (JSON)."})
+    eval_images_per_prompt: int = field(default=1, metadata={"help": "Images per evaluation prompt."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -145,5 +153,14 @@ class SAILConfig(DiffusionDPOConfig):
             raise ValueError(f"self_round_max_steps must be >= 1, got {self.self_round_max_steps}.")
         if self.self_round_epochs <= 0:
             raise ValueError(f"self_round_epochs must be > 0, got {self.self_round_epochs}.")
+        if isinstance(self.eval_scorer_kwargs, str):
+            import json
+
+            self.eval_scorer_kwargs = json.loads(self.eval_scorer_kwargs)
+        if self.eval_scorers and not self.eval_prompts:
+            raise ValueError(
+                f"eval_scorers={self.eval_scorers} need prompts to score: set eval_prompts (held-out prompts that no "
+                "round trains on)."
+            )
         if self.generation_batch_size < 1 or self.scoring_batch_size < 1:
             raise ValueError("generation_batch_size and scoring_batch_size must be >= 1.")

@@ -189,6 +189,14 @@ class SAILTrainer:
         else:
             self.base = UNetView(copy.deepcopy(unet).requires_grad_(False).eval())
         self.anchor: UNetView | None = None
+        # Scorers run after every round: built now, so a missing scorer model fails before any training.
+        self.eval_scorers = {}
+        if args.eval_scorers:
+            from .evaluation import build_scorers
+
+            self.eval_scorers = build_scorers(
+                args.eval_scorers, scorer_kwargs=args.eval_scorer_kwargs, device=str(self.state.device)
+            )
 
     # ------------------------------------------------------------------ prompts
     def _plan_prompts(self, prompt_dataset, seed_dataset) -> list[list[tuple[int, str]]]:
@@ -321,6 +329,10 @@ class SAILTrainer:
         metrics = self._train_dpo(i, train_dataset, reference, max_steps)
         timings["dpo_s"] = round(time.time() - t, 2)
         info.update(metrics=metrics, timings=timings)
+        if self.eval_scorers:
+            t = time.time()
+            info["eval"] = self.evaluate_round()
+            timings["evaluation_s"] = round(time.time() - t, 2)
         self._write_round(i, info)
 
     def _self_round_steps(self, num_self: int) -> int:
@@ -451,6 +463,35 @@ class SAILTrainer:
         for warning in stats["warnings"]:
             logger.warning(warning)
         return stats
+
+    def evaluate_round(self) -> dict[str, float]:
+        """Mean score of each `eval_scorers` metric on `eval_prompts` (fixed seeds), for the current model."""
+        from .evaluation.generation import generate_images
+
+        args = self.args
+        self.unet.eval()
+        try:
+            with self.policy.active() as unet:
+                original, self.pipeline.unet = self.pipeline.unet, unet
+                try:
+                    images = generate_images(
+                        self.pipeline, list(args.eval_prompts), images_per_prompt=args.eval_images_per_prompt,
+                        seed=args.seed, num_inference_steps=args.sampling_num_inference_steps,
+                        guidance_scale=args.sampling_guidance_scale, height=args.resolution, width=args.resolution,
+                        show_progress=self.state.is_local_main_process, description="Evaluation images",
+                    )
+                finally:
+                    self.pipeline.unet = original
+        finally:
+            self.unet.train()
+        flat_images = [image for group in images for image in group]
+        flat_prompts = [p for p, group in zip(args.eval_prompts, images) for _ in group]
+        results = {}
+        for name, scorer in self.eval_scorers.items():
+            scores = scorer.score(flat_images, flat_prompts)
+            results[f"eval/{name}"] = float(sum(scores) / len(scores))
+        logger.info(f"Evaluation after this round: {results}")
+        return results
 
     # ------------------------------------------------------------------ artifacts and Hub
     def _write_round(self, i: int, info: dict) -> None:
