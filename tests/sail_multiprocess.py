@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+
 sys.path.insert(0, os.path.dirname(__file__))
 import sail_run  # noqa: E402
 

@@ -108,6 +108,7 @@ def main(pipeline_dir, output_dir, hub_root, mode, kill_at, num_rounds, work_log
             return original_card(directory, *args, **kwargs)
 
         sail_trainer.write_model_card = card_then_maybe_kill
+
     # Log the work this process does, to check that a rerun does not redo finished work.
     def log(event):
         with open(work_log, "a") as f:
@@ -130,7 +131,9 @@ def main(pipeline_dir, output_dir, hub_root, mode, kill_at, num_rounds, work_log
         return loss
 
     sail_trainer.DiffusionDPOTrainer.training_step = counting_step
-    peft_config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]) if mode == "lora" else None
+    peft_config = (
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]) if mode == "lora" else None
+    )
     trainer = sail_trainer.SAILTrainer(
         pipeline_dir,
         sail_config(

@@ -40,7 +40,8 @@ def make_args(output_dir, **overrides) -> DiffusionDPOConfig:
 
 
 def lora_config(rank: int = 4, **kwargs) -> LoraConfig:
-    return LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, **kwargs)
+    # alpha != rank: a saved LoRA that lost its scaling would reload with different outputs.
+    return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, **kwargs)
 
 
 def unet_inputs(unet, batch: int = 2, seed: int = 0) -> dict:

@@ -1,4 +1,3 @@
-import copy
 import json
 import os
 import subprocess
@@ -23,7 +22,15 @@ def _launch(args, num_processes, tmp_path):
     if num_processes == 1:
         command = [sys.executable, script, *args]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={num_processes}", "--standalone", script, *args]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={num_processes}",
+            "--standalone",
+            script,
+            *args,
+        ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -45,11 +52,18 @@ def test_two_processes_make_the_same_pairs_and_one_set_of_artifacts(tmp_path):
     # Every prompt exactly once across the two shards: none lost, none doubled.
     shards = sorted(os.listdir(tmp_path / "two" / "work" / "round_1" / "generation"))
     assert [s for s in shards if s.endswith(".jsonl")] == ["shard-000.jsonl", "shard-001.jsonl"]
-    lines = [json.loads(line) for s in ("shard-000.jsonl", "shard-001.jsonl") for line in open(tmp_path / "two" / "work" / "round_1" / "generation" / s)]
+    lines = [
+        json.loads(line)
+        for s in ("shard-000.jsonl", "shard-001.jsonl")
+        for line in open(tmp_path / "two" / "work" / "round_1" / "generation" / s)
+    ]
     assert sorted(r["prompt_id"] for r in lines) == sorted(one) == sorted(two)
     for pid in one:
         assert one[pid]["prompt"] == two[pid]["prompt"]
-        assert (one[pid]["chosen_index"], one[pid]["rejected_index"]) == (two[pid]["chosen_index"], two[pid]["rejected_index"])
+        assert (one[pid]["chosen_index"], one[pid]["rejected_index"]) == (
+            two[pid]["chosen_index"],
+            two[pid]["rejected_index"],
+        )
         assert one[pid]["rewards"] == pytest.approx(two[pid]["rewards"], rel=1e-3, abs=1e-2)
     # One set of artifacts, written by the main process, holding all pairs.
     prefs = load_from_disk(str(tmp_path / "two" / "round_1" / "preferences"))

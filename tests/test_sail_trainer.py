@@ -16,7 +16,6 @@ from trl_sail.generation import CandidateGenerator, SamplingSettings, read_recor
 from trl_sail.hub import LocalHubApi
 from trl_sail.sail_config import SAILConfig
 from trl_sail.sail_trainer import SAILTrainer, build_seed_split
-from trl_sail.tiny import build_tiny_pipeline
 
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -27,8 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
-def pipeline_path(tmp_path_factory):
-    return build_tiny_pipeline(str(tmp_path_factory.mktemp("sail") / "pipe"), "sd15")
+def pipeline_path(tiny_sd15_path):
+    return tiny_sd15_path
 
 
 def unet_output(unet, seed=0):
@@ -129,7 +128,12 @@ def test_collapse_monitor_warns_on_identical_candidates(pipeline_path, tmp_path,
 
     monkeypatch.setattr(CandidateGenerator, "sample_latents", identical_candidates)
     args = sail_run.sail_config(
-        str(tmp_path / "out"), num_rounds=1, prompts_per_round=3, push_to_hub=False, max_steps=1, self_round_max_steps=1
+        str(tmp_path / "out"),
+        num_rounds=1,
+        prompts_per_round=3,
+        push_to_hub=False,
+        max_steps=1,
+        self_round_max_steps=1,
     )
     trainer = SAILTrainer(pipeline_path, args, sail_run.seed_dataset(), prompt_dataset=sail_run.PROMPTS)
     with caplog.at_level("WARNING"):
@@ -144,9 +148,16 @@ def test_collapse_monitor_warns_on_identical_candidates(pipeline_path, tmp_path,
 def _run_in_process(pipeline_path, tmp_path, mode):
     args = sail_run.sail_config(str(tmp_path / "out"), num_rounds=2, learning_rate=1e-3 if mode == "lora" else 1e-4)
     hub = LocalHubApi(str(tmp_path / "hub"))
-    peft_config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]) if mode == "lora" else None
+    peft_config = (
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]) if mode == "lora" else None
+    )
     trainer = SAILTrainer(
-        pipeline_path, args, sail_run.seed_dataset(), prompt_dataset=sail_run.PROMPTS, peft_config=peft_config, hub_api=hub
+        pipeline_path,
+        args,
+        sail_run.seed_dataset(),
+        prompt_dataset=sail_run.PROMPTS,
+        peft_config=peft_config,
+        hub_api=hub,
     )
     # Snapshot the model's output at the moment each round is written.
     outputs = {}
@@ -195,8 +206,27 @@ def test_two_self_rounds_write_rounds_preferences_and_hub_revisions(pipeline_pat
         assert not torch.allclose(outputs[i], base_output, atol=1e-6)
         card = open(os.path.join(out, f"round_{i}", "README.md")).read()
         assert "SAIL" in card and "base_model:" in card
-    main_files = load_file(os.path.join(hub.local_path(repo, "main"), *(["unet", "diffusion_pytorch_model.safetensors"] if mode == "full" else ["pytorch_lora_weights.safetensors"])))
-    last_files = load_file(os.path.join(out, "round_2", *(["unet", "diffusion_pytorch_model.safetensors"] if mode == "full" else ["pytorch_lora_weights.safetensors"])))
+    main_files = load_file(
+        os.path.join(
+            hub.local_path(repo, "main"),
+            *(
+                ["unet", "diffusion_pytorch_model.safetensors"]
+                if mode == "full"
+                else ["pytorch_lora_weights.safetensors"]
+            ),
+        )
+    )
+    last_files = load_file(
+        os.path.join(
+            out,
+            "round_2",
+            *(
+                ["unet", "diffusion_pytorch_model.safetensors"]
+                if mode == "full"
+                else ["pytorch_lora_weights.safetensors"]
+            ),
+        )
+    )
     assert all(torch.equal(main_files[k], last_files[k]) for k in last_files)
     if mode == "lora":
         # One UNet in memory: base, anchor, reference and policy are adapters of it.
@@ -209,9 +239,23 @@ def test_two_self_rounds_write_rounds_preferences_and_hub_revisions(pipeline_pat
 # ---------------------------------------------------------------------------------------------------- crashes
 def _run_script(pipeline_path, out, hub, kill_at, log):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+    env["OMP_NUM_THREADS"] = "1"  # tiny models: threads only contend (see conftest)
     result = subprocess.run(
-        [sys.executable, os.path.join(HERE, "sail_run.py"), pipeline_path, str(out), str(hub), "full", kill_at, "1", str(log)],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            os.path.join(HERE, "sail_run.py"),
+            pipeline_path,
+            str(out),
+            str(hub),
+            "full",
+            kill_at,
+            "1",
+            str(log),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     work = Counter(open(log).read().split("\n")) if os.path.exists(log) else Counter()
     os.remove(log) if os.path.exists(log) else None
@@ -267,16 +311,26 @@ def test_eval_scorers_run_after_every_round_and_reach_the_model_card(pipeline_pa
 
     scorer_kwargs = build_tiny_scorer_checkpoints(str(tmp_path / "scorers"))
     args = sail_run.sail_config(
-        str(tmp_path / "out"), num_rounds=1, prompts_per_round=2, push_to_hub=False, max_steps=1,
-        self_round_max_steps=1, eval_scorers=["aesthetics", "pickscore"], eval_scorer_kwargs=scorer_kwargs,
+        str(tmp_path / "out"),
+        num_rounds=1,
+        prompts_per_round=2,
+        push_to_hub=False,
+        max_steps=1,
+        self_round_max_steps=1,
+        eval_scorers=["aesthetics", "pickscore"],
+        eval_scorer_kwargs=scorer_kwargs,
     )
     trainer = SAILTrainer(pipeline_path, args, sail_run.seed_dataset(), prompt_dataset=sail_run.PROMPTS)
     summaries = trainer.train()
     # Recompute round 1's numbers from its saved pipeline with the same seeds and scorers.
     saved = DiffusionPipeline.from_pretrained(str(tmp_path / "out" / "round_1"))
     images = generate_images(
-        saved, args.eval_prompts, seed=args.seed, num_inference_steps=args.sampling_num_inference_steps,
-        guidance_scale=args.sampling_guidance_scale, show_progress=False,
+        saved,
+        args.eval_prompts,
+        seed=args.seed,
+        num_inference_steps=args.sampling_num_inference_steps,
+        guidance_scale=args.sampling_guidance_scale,
+        show_progress=False,
     )
     scorers = build_scorers(["aesthetics", "pickscore"], scorer_kwargs=scorer_kwargs)
     flat = [group[0] for group in images]

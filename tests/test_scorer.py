@@ -11,12 +11,11 @@ from PIL import Image
 from trl_sail import DiffusionDPOConfig, DiffusionDPOTrainer
 from trl_sail.models import TextToImageModel, UNetView
 from trl_sail.scorer import ImplicitDiffusionRewardScorer
-from trl_sail.tiny import build_tiny_pipeline
 
 
 @pytest.fixture(scope="module")
-def pipeline_path(tmp_path_factory):
-    return build_tiny_pipeline(str(tmp_path_factory.mktemp("scorer") / "pipe"), "sd15")
+def pipeline_path(tiny_sd15_path):
+    return tiny_sd15_path
 
 
 @pytest.fixture()
@@ -42,7 +41,9 @@ def test_refuses_policy_equal_to_reference(pipeline):
     with pytest.raises(ValueError, match="same weights"):
         ImplicitDiffusionRewardScorer(pipeline.unet, pipeline.unet, pipeline)
     with pytest.raises(ValueError, match="same weights"):
-        ImplicitDiffusionRewardScorer(UNetView(pipeline.unet, "disabled"), UNetView(pipeline.unet, "disabled"), pipeline)
+        ImplicitDiffusionRewardScorer(
+            UNetView(pipeline.unet, "disabled"), UNetView(pipeline.unet, "disabled"), pipeline
+        )
 
 
 def test_identical_weights_give_zero_rewards_and_even_odds(pipeline):
@@ -104,7 +105,9 @@ def test_candidates_of_a_prompt_share_draws_and_reward_formula(pipeline):
 
 
 def test_unet_calls_follow_the_memory_budget(pipeline):
-    scorer = ImplicitDiffusionRewardScorer(perturbed(pipeline.unet), pipeline.unet, pipeline, num_draws=3, max_batch_size=5)
+    scorer = ImplicitDiffusionRewardScorer(
+        perturbed(pipeline.unet), pipeline.unet, pipeline, num_draws=3, max_batch_size=5
+    )
     calls = []
     hooks = [u.register_forward_hook(lambda *_: calls.append(1)) for u in (scorer.policy.unet, scorer.reference.unet)]
     scorer.score_latents(random_latents(2, 4, 4, 8, 8), ["a", "b"])
@@ -144,8 +147,15 @@ def test_dpo_trained_judge_prefers_the_trained_kind(pipeline_path, tmp_path):
         }
     )
     args = DiffusionDPOConfig(
-        str(tmp_path / "dpo"), per_device_train_batch_size=8, max_steps=40, learning_rate=3e-4, beta=5000,
-        report_to=[], save_strategy="no", logging_steps=40, seed=0,
+        str(tmp_path / "dpo"),
+        per_device_train_batch_size=8,
+        max_steps=40,
+        learning_rate=3e-4,
+        beta=5000,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=40,
+        seed=0,
     )
     trainer = DiffusionDPOTrainer(pipeline_path, args=args, train_dataset=train)
     trainer.train()

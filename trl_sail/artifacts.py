@@ -36,7 +36,12 @@ def save_model_artifact(
     """Write a full pipeline (full fine-tune) or diffusers LoRA weights (PEFT UNet) to `output_dir`."""
     os.makedirs(output_dir, exist_ok=True)
     if is_peft_unet(unet):
-        type(pipeline).save_lora_weights(output_dir, unet_lora_layers=lora_state_dict(unet, adapter_name))
+        # The adapter's config (rank, alpha, targets) goes into the file's metadata: without it `load_lora_weights`
+        # assumes alpha == rank and silently rescales any LoRA trained with lora_alpha != r.
+        metadata = unet.peft_config[adapter_name].to_dict()
+        type(pipeline).save_lora_weights(
+            output_dir, unet_lora_layers=lora_state_dict(unet, adapter_name)
+        )
         return
     original_unet = pipeline.unet
     pipeline.unet = unet

@@ -174,7 +174,9 @@ class DiffusionDPOTrainer(Trainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
-        frozen_dtype = init_kwargs.get("torch_dtype")
+        frozen_dtype = init_kwargs.get("torch_dtype", init_kwargs.get("dtype"))
+        if frozen_dtype == "auto":
+            frozen_dtype = None  # keep what the checkpoint stores
         frozen_dtype = getattr(torch, frozen_dtype) if isinstance(frozen_dtype, str) else frozen_dtype
         self.t2i.to(self.accelerator.device, frozen_dtype)
         if self.reference.unet is not unet:

@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .rewards import preference_probability
-from .scorer import ImplicitDiffusionRewardScorer, prompt_generator
+from .scorer import ImplicitDiffusionRewardScorer
 
 
 @dataclass
@@ -72,9 +72,19 @@ class CandidateGenerator:
         selection: `"best_worst"` or `"random"` (a random pair of the N, still ordered by the judge).
     """
 
-    def __init__(self, pipeline, generator_unet, scorer, settings: SamplingSettings, directory: str, seed: int = 0,
-                 selection: str = "best_worst", process_index: int = 0, num_processes: int = 1,
-                 confidence_seed_offset: int = 7919):
+    def __init__(
+        self,
+        pipeline,
+        generator_unet,
+        scorer,
+        settings: SamplingSettings,
+        directory: str,
+        seed: int = 0,
+        selection: str = "best_worst",
+        process_index: int = 0,
+        num_processes: int = 1,
+        confidence_seed_offset: int = 7919,
+    ):
         self.pipeline = pipeline
         self.generator_unet = generator_unet
         self.scorer = scorer
@@ -121,15 +131,21 @@ class CandidateGenerator:
         if isinstance(self.scorer, ImplicitDiffusionRewardScorer):
             return self.scorer.score_latents(latents, prompts, prompt_ids), None
         images = [self.decode(group) for group in latents]
-        scores = [self.scorer(group_images, [prompt] * len(group_images)) for group_images, prompt in zip(images, prompts)]
+        scores = [
+            self.scorer(group_images, [prompt] * len(group_images)) for group_images, prompt in zip(images, prompts)
+        ]
         return torch.tensor(np.asarray(scores, dtype=np.float64)), images
 
     def fresh_confidence(self, latents, prompts, prompt_ids, chosen, rejected) -> list[float]:
         """p(chosen > rejected) on (t, eps) draws independent of the ones used for selection (collapse monitor)."""
         if not isinstance(self.scorer, ImplicitDiffusionRewardScorer):
             return [float("nan")] * len(prompts)
-        pair = torch.stack([latents[torch.arange(len(prompts)), chosen], latents[torch.arange(len(prompts)), rejected]], 1)
-        rewards = self.scorer.score_latents(pair, prompts, prompt_ids, seed=self.scorer.seed + self.confidence_seed_offset)
+        pair = torch.stack(
+            [latents[torch.arange(len(prompts)), chosen], latents[torch.arange(len(prompts)), rejected]], 1
+        )
+        rewards = self.scorer.score_latents(
+            pair, prompts, prompt_ids, seed=self.scorer.seed + self.confidence_seed_offset
+        )
         return preference_probability(rewards[:, 0], rewards[:, 1]).tolist()
 
     def select(self, rewards: torch.Tensor, prompt_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,4 +263,6 @@ def records_to_dataset(directory: str, prompt_ids: list[int]):
 
     cache_dir = os.path.join(directory, "dataset")
     shutil.rmtree(cache_dir, ignore_errors=True)
-    return Dataset.from_generator(rows, features=features, cache_dir=cache_dir, writer_batch_size=64, keep_in_memory=False)
+    return Dataset.from_generator(
+        rows, features=features, cache_dir=cache_dir, writer_batch_size=64, keep_in_memory=False
+    )

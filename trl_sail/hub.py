@@ -42,8 +42,17 @@ class LocalHubApi:
             return
         shutil.copytree(main, path)
 
-    def upload_folder(self, repo_id: str, folder_path: str, revision: str | None = None, commit_message=None,
-                      token=None, repo_type: str | None = None, ignore_patterns=None, **_):
+    def upload_folder(
+        self,
+        repo_id: str,
+        folder_path: str,
+        revision: str | None = None,
+        commit_message=None,
+        token=None,
+        repo_type: str | None = None,
+        ignore_patterns=None,
+        **_,
+    ):
         revision = revision or "main"
         target = self.local_path(repo_id, revision, repo_type or "model")
         os.makedirs(target, exist_ok=True)

@@ -63,17 +63,24 @@ def load_pipeline(
     torch_dtype: torch.dtype | str | None = None,
     variant: str | None = None,
     revision: str | None = None,
+    **kwargs,
 ) -> DiffusionPipeline:
-    """A pipeline from a Hub id, a local directory, or an already-built pipeline (returned as is)."""
+    """A pipeline from a Hub id, a local directory, or an already-built pipeline (returned as is).
+
+    `torch_dtype` may be a dtype or its name (`dtype` is accepted as an alias, as TRL's `model_init_kwargs` spell
+    it); other keyword arguments go to `DiffusionPipeline.from_pretrained`.
+    """
     if isinstance(model, DiffusionPipeline):
         return model
     if not isinstance(model, str):
         raise TypeError(
             f"`model` must be a Hub id, a local directory or a `DiffusionPipeline`, got {type(model).__name__}."
         )
+    if torch_dtype is None:
+        torch_dtype = kwargs.pop("dtype", None)
     if isinstance(torch_dtype, str) and torch_dtype != "auto":
         torch_dtype = getattr(torch, torch_dtype)
-    kwargs = {"variant": variant, "revision": revision}
+    kwargs.update(variant=variant, revision=revision)
     if torch_dtype is not None and torch_dtype != "auto":
         kwargs["torch_dtype"] = torch_dtype
     try:

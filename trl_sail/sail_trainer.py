@@ -16,14 +16,11 @@ the base, the anchor, the current model and the round's reference are adapters o
 import copy
 import json
 import logging
-import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 
-import torch
 from accelerate import PartialState
 from datasets import Dataset
 from transformers.trainer_utils import get_last_checkpoint
@@ -41,7 +38,7 @@ from .artifacts import (
 from .data import SOURCE_SEED, SOURCE_SELF, PreferencePairs
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .diffusion_dpo_trainer import DiffusionDPOTrainer
-from .generation import CandidateGenerator, SamplingSettings, read_records, records_to_dataset
+from .generation import CandidateGenerator, SamplingSettings, records_to_dataset
 from .mixup import MixedPreferenceDataset, MixupPreferenceCollator, build_mixup_dataloader, num_optimizer_steps_for
 from .models import TextToImageModel, UNetView, load_pipeline
 from .sail_config import SAILConfig
@@ -152,7 +149,9 @@ class SAILTrainer:
                 "SAILTrainer needs a `seed_dataset` of human preference pairs (Pick-a-Pic or TRL-like schema) to "
                 "train the round-0 anchor. With an already aligned model, set start_from_aligned=True."
             )
-        self.seed_pairs = PreferencePairs(seed_dataset, SOURCE_SEED, name="seed_dataset") if seed_dataset is not None else None
+        self.seed_pairs = (
+            PreferencePairs(seed_dataset, SOURCE_SEED, name="seed_dataset") if seed_dataset is not None else None
+        )
         if args.num_rounds > 0 and args.mixup_alpha < 1 and self.seed_pairs is None:
             raise ValueError(f"mixup_alpha={args.mixup_alpha} mixes in seed pairs, but no seed_dataset was given.")
         self.round_prompts = self._plan_prompts(prompt_dataset, seed_dataset)
@@ -166,7 +165,11 @@ class SAILTrainer:
         # ----- models -----
         self.pipeline = load_pipeline(model, **(args.model_init_kwargs or {}))
         self.base_model_id = (
-            args.judge_base_model if args.start_from_aligned else model if isinstance(model, str) else self.pipeline.name_or_path
+            args.judge_base_model
+            if args.start_from_aligned
+            else model
+            if isinstance(model, str)
+            else self.pipeline.name_or_path
         )
         self.pipeline.to(self.state.device)
         self.pipeline.set_progress_bar_config(disable=True)
@@ -285,7 +288,9 @@ class SAILTrainer:
             self._load_round_weights(0)
         else:
             self._run_round(0)
-        self.anchor = self._freeze_current_as(ANCHOR_ADAPTER) if not args.start_from_aligned else self._aligned_anchor()
+        self.anchor = (
+            self._freeze_current_as(ANCHOR_ADAPTER) if not args.start_from_aligned else self._aligned_anchor()
+        )
         if self.is_finished(0):
             self._publish(0)
             self.summaries.append(self._read_summary(0))
@@ -341,7 +346,11 @@ class SAILTrainer:
             return args.self_round_max_steps
         pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * self.state.num_processes
         return num_optimizer_steps_for(
-            args.self_round_epochs, len(self.seed_pairs) if self.seed_pairs else 0, num_self, args.mixup_alpha, pairs_per_step
+            args.self_round_epochs,
+            len(self.seed_pairs) if self.seed_pairs else 0,
+            num_self,
+            args.mixup_alpha,
+            pairs_per_step,
         )
 
     def _phase_args(self, i: int, max_steps: int) -> DiffusionDPOConfig:
@@ -368,8 +377,12 @@ class SAILTrainer:
         trainer_class = DiffusionDPOTrainer if i == 0 else SAILRoundTrainer
         kwargs = {} if i == 0 else {"mixup_alpha": self.args.mixup_alpha}
         trainer = trainer_class(
-            self.pipeline, ref_model=reference, args=phase_args, train_dataset=train_dataset,
-            callbacks=self.callbacks, **kwargs,
+            self.pipeline,
+            ref_model=reference,
+            args=phase_args,
+            train_dataset=train_dataset,
+            callbacks=self.callbacks,
+            **kwargs,
         )
         self.last_dpo_trainer = trainer
         metrics_path = os.path.join(final_dir, "metrics.json")
@@ -396,8 +409,13 @@ class SAILTrainer:
             return self.external_judge
         policy, reference = self.judge_views(i)
         return ImplicitDiffusionRewardScorer(
-            policy, reference, TextToImageModel(self.pipeline), beta=self.args.beta,
-            num_draws=self.args.num_reward_draws, max_batch_size=self.args.scoring_batch_size, seed=self.args.seed + i,
+            policy,
+            reference,
+            TextToImageModel(self.pipeline),
+            beta=self.args.beta,
+            num_draws=self.args.num_reward_draws,
+            max_batch_size=self.args.scoring_batch_size,
+            seed=self.args.seed + i,
         )
 
     def _generate(self, i: int) -> Dataset:
@@ -422,8 +440,14 @@ class SAILTrainer:
         try:
             with self.policy.active() as generator_unet:
                 CandidateGenerator(
-                    self.pipeline, generator_unet, self._judge(i), settings, directory, seed=args.seed + 1000 * i,
-                    selection=args.pair_selection, process_index=self.state.process_index,
+                    self.pipeline,
+                    generator_unet,
+                    self._judge(i),
+                    settings,
+                    directory,
+                    seed=args.seed + 1000 * i,
+                    selection=args.pair_selection,
+                    process_index=self.state.process_index,
                     num_processes=self.state.num_processes,
                 ).run(prompts, ids, show_progress=self.state.is_local_main_process)
         finally:
@@ -459,7 +483,9 @@ class SAILTrainer:
                     "seeds are becoming identical (collapse)."
                 )
         if i == 1 and diversity == 0.0:
-            stats["warnings"].append(f"round {i}: all candidates of each prompt are identical (diversity 0): collapse.")
+            stats["warnings"].append(
+                f"round {i}: all candidates of each prompt are identical (diversity 0): collapse."
+            )
         for warning in stats["warnings"]:
             logger.warning(warning)
         return stats
@@ -475,10 +501,16 @@ class SAILTrainer:
                 original, self.pipeline.unet = self.pipeline.unet, unet
                 try:
                     images = generate_images(
-                        self.pipeline, list(args.eval_prompts), images_per_prompt=args.eval_images_per_prompt,
-                        seed=args.seed, num_inference_steps=args.sampling_num_inference_steps,
-                        guidance_scale=args.sampling_guidance_scale, height=args.resolution, width=args.resolution,
-                        show_progress=self.state.is_local_main_process, description="Evaluation images",
+                        self.pipeline,
+                        list(args.eval_prompts),
+                        images_per_prompt=args.eval_images_per_prompt,
+                        seed=args.seed,
+                        num_inference_steps=args.sampling_num_inference_steps,
+                        guidance_scale=args.sampling_guidance_scale,
+                        height=args.resolution,
+                        width=args.resolution,
+                        show_progress=self.state.is_local_main_process,
+                        description="Evaluation images",
                     )
                 finally:
                     self.pipeline.unet = original
@@ -527,8 +559,13 @@ class SAILTrainer:
                 metrics[key] = info[key]
         metrics.update(info.get("eval") or {})
         write_model_card(
-            directory, base_model=self.base_model_id, method="SAIL", is_lora=self.is_lora,
-            hyperparameters=hyperparameters, metrics=metrics, repo_id=args.hub_model_id,
+            directory,
+            base_model=self.base_model_id,
+            method="SAIL",
+            is_lora=self.is_lora,
+            hyperparameters=hyperparameters,
+            metrics=metrics,
+            repo_id=args.hub_model_id,
             revision=f"round-{i}" if args.push_to_hub else None,
             description=f"Round {i} of {args.num_rounds}.",
         )
@@ -561,12 +598,34 @@ class SAILTrainer:
         repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
         directory = self.round_dir(i)
         token, private = args.hub_token, args.hub_private_repo
-        push_folder(self.hub_api, directory, repo_id, revision=f"round-{i}", commit_message=f"SAIL round {i}", token=token, private=private)
-        push_folder(self.hub_api, directory, repo_id, revision="main", commit_message=f"SAIL round {i}", token=token, private=private)
+        push_folder(
+            self.hub_api,
+            directory,
+            repo_id,
+            revision=f"round-{i}",
+            commit_message=f"SAIL round {i}",
+            token=token,
+            private=private,
+        )
+        push_folder(
+            self.hub_api,
+            directory,
+            repo_id,
+            revision="main",
+            commit_message=f"SAIL round {i}",
+            token=token,
+            private=private,
+        )
         if args.push_preferences_to_hub and os.path.isdir(os.path.join(directory, "preferences")):
             push_folder(
-                self.hub_api, os.path.join(directory, "preferences"), f"{repo_id}-preferences", revision=f"round-{i}",
-                commit_message=f"SAIL round {i} self pairs", token=token, private=private, repo_type="dataset",
+                self.hub_api,
+                os.path.join(directory, "preferences"),
+                f"{repo_id}-preferences",
+                revision=f"round-{i}",
+                commit_message=f"SAIL round {i} self pairs",
+                token=token,
+                private=private,
+                repo_type="dataset",
             )
         state["pushed"].append(i)
         write_json(self._state_path(), state)

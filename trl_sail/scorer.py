@@ -38,8 +38,16 @@ class ImplicitDiffusionRewardScorer:
     Raises `ValueError` if policy and reference are the same weights (every reward would be 0).
     """
 
-    def __init__(self, policy, reference, model, beta: float = 5000.0, num_draws: int = 10, max_batch_size: int = 32,
-                 seed: int = 0):
+    def __init__(
+        self,
+        policy,
+        reference,
+        model,
+        beta: float = 5000.0,
+        num_draws: int = 10,
+        max_batch_size: int = 32,
+        seed: int = 0,
+    ):
         self.policy = policy if isinstance(policy, UNetView) else UNetView(policy)
         self.reference = reference if isinstance(reference, UNetView) else UNetView(reference)
         if self.policy.same_weights_as(self.reference):
@@ -117,7 +125,9 @@ class ImplicitDiffusionRewardScorer:
         if single:
             latents = latents[:, None]
         if len(prompts) != len(latents):
-            raise ValueError(f"Got {len(latents)} latent groups for {len(prompts)} prompts: give one prompt per group.")
+            raise ValueError(
+                f"Got {len(latents)} latent groups for {len(prompts)} prompts: give one prompt per group."
+            )
         prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
         saved_seed = self.seed
         self.seed = saved_seed if seed is None else seed
@@ -139,7 +149,9 @@ class ImplicitDiffusionRewardScorer:
 
         size = self.model.pipeline.unet.config.sample_size * self.model.vae_scale_factor
         latents = []
-        for start in tqdm(range(0, len(images), batch_size), desc="Encoding images", leave=False, disable=len(images) <= batch_size):
+        for start in tqdm(
+            range(0, len(images), batch_size), desc="Encoding images", leave=False, disable=len(images) <= batch_size
+        ):
             chunk = images[start : start + batch_size]
             pixels = torch.stack([pil_to_tensor(image.convert("RGB").resize((size, size))) for image in chunk])
             latents.append(self.model.encode_images(pixels).cpu())

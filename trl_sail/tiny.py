@@ -150,9 +150,7 @@ def build_tiny_pipeline(
             **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
     else:
-        components["tokenizer_2"] = write_char_tokenizer(
-            os.path.join(directory, "tokenizer_2"), max_length=max_length
-        )
+        components["tokenizer_2"] = write_char_tokenizer(os.path.join(directory, "tokenizer_2"), max_length=max_length)
         components["text_encoder_2"] = CLIPTextModelWithProjection(text_config)
         components["unet"] = build_tiny_unet(
             sample_size=image_size // 4,

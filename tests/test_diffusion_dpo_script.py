@@ -1,0 +1,92 @@
+"""The Diffusion-DPO script and the `trl-sail` CLI: YAML defaults, command-line overrides, written artifacts."""
+
+import json
+
+import pytest
+import yaml
+from datasets import DatasetDict
+from safetensors.torch import load_file
+
+from trl_sail import cli
+from trl_sail.scripts.diffusion_dpo import DiffusionModelConfig, ScriptArguments, main, make_parser
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_sd15_path, make_pair_dataset):
+    """A YAML config pointing at a tiny pipeline and a Pick-a-Pic-schema dataset saved with `save_to_disk`."""
+    dataset_dir = tmp_path / "dataset"
+    DatasetDict(
+        {
+            "train": make_pair_dataset(6, schema="pickapic", image_format="bytes", num_ties=1),
+            "test": make_pair_dataset(2, schema="pickapic", image_format="bytes", seed=1),
+        }
+    ).save_to_disk(str(dataset_dir))
+    config = {
+        "model_name_or_path": tiny_sd15_path,
+        "dataset_name": str(dataset_dir),
+        "output_dir": str(tmp_path / "from-yaml"),
+        "beta": 1000.0,
+        "learning_rate": 1e-3,
+        "max_steps": 3,
+        "per_device_train_batch_size": 2,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "logging_steps": 1,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_script_takes_yaml_defaults_and_cli_flags_win(config_file, tmp_path):
+    output_dir = tmp_path / "from-cli"
+    argv = ["--config", str(config_file), "--beta", "2500", "--max_steps", "2", "--output_dir", str(output_dir)]
+    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    trainer = main(script_args, training_args, model_args)
+
+    assert trainer.args.beta == 2500.0 and trainer.state.global_step == 2  # flags won
+    assert trainer.args.learning_rate == 1e-3 and trainer.args.per_device_train_batch_size == 2  # YAML values
+    assert trainer.train_pairs.num_ties == 1 and len(trainer.train_pairs) == 5
+    assert (output_dir / "model_index.json").is_file() and (output_dir / "unet").is_dir()
+    assert not (tmp_path / "from-yaml").exists()
+    card = (output_dir / "README.md").read_text()
+    assert "| beta | 2500.0 |" in card and "| optimizer steps | 2 |" in card
+    assert json.loads((output_dir / "training_args.json").read_text())["beta"] == 2500.0
+
+
+def test_cli_dpo_with_lora_flags(config_file, tmp_path):
+    output_dir = tmp_path / "lora"
+    argv = ["dpo", "--config", str(config_file), "--use_peft", "--lora_r", "4", "--output_dir", str(output_dir)]
+    argv += ["--eval_strategy", "steps", "--eval_steps", "3"]
+    trainer = cli.run(argv)
+    weights = load_file(str(output_dir / "pytorch_lora_weights.safetensors"))
+    down = [v for k, v in weights.items() if k.endswith("lora.down.weight") or k.endswith("lora_A.weight")]
+    assert down and all(v.shape[0] == 4 for v in down)  # --lora_r 4
+    for module in ("to_q", "to_k", "to_v", "to_out.0"):  # default target modules
+        assert any(f".{module}." in k for k in weights)
+    assert not (output_dir / "model_index.json").exists()
+    assert any("eval_loss" in h for h in trainer.state.log_history)  # the 'test' split was used
+
+
+def test_script_without_model_or_dataset_trains_the_offline_demo(tmp_path):
+    from trl_sail import DiffusionDPOConfig
+
+    args = DiffusionDPOConfig(
+        str(tmp_path / "demo"), max_steps=2, per_device_train_batch_size=4, report_to=[], disable_tqdm=True,
+        save_strategy="no", logging_steps=1,
+    )  # fmt: skip
+    trainer = main(ScriptArguments(), args, DiffusionModelConfig())
+    assert trainer.state.global_step == 2 and len(trainer.train_pairs) == 32
+    assert (tmp_path / "demo" / "model_index.json").is_file()
+    with pytest.raises(ValueError, match="--dataset_name is missing"):
+        main(ScriptArguments(), args, DiffusionModelConfig(model_name_or_path="some/model"))
+
+
+def test_cli_lists_installed_commands_and_skips_missing_ones(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "COMMANDS", cli.COMMANDS + (("later", "trl_sail.scripts.not_written_yet"),))
+    parser, commands = cli.build_parser()
+    assert "dpo" in commands and "later" not in commands
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0 and "dpo" in capsys.readouterr().out

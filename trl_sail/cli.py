@@ -1,0 +1,75 @@
+"""The `trl-sail` console script: `trl-sail dpo|sail|evaluate [--config file.yaml] [flags]`.
+
+TRL's own `trl` command has a fixed list of sub-commands, so this extension ships its own. Each sub-command is a
+script module exposing `make_parser(subparsers)` and `main(*parsed)`; a YAML file given with `--config` provides
+defaults that command-line flags override. The script runs in this process: for several GPUs, start it with
+`accelerate launch -m trl_sail.cli dpo ...`.
+"""
+
+import argparse
+import importlib
+import sys
+
+
+# (sub-command, module). Modules that are not installed (yet) are left out of the command list.
+COMMANDS = (
+    ("dpo", "trl_sail.scripts.diffusion_dpo"),
+    ("sail", "trl_sail.scripts.sail"),
+    ("evaluate", "trl_sail.evaluation.script"),
+)
+
+
+def _import(module_name: str):
+    """The module, `None` if it does not exist, or the exception its import raised (reported when it is used)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and module_name.startswith(error.name):
+            return None
+        return error
+    except ImportError as error:
+        return error
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    """The top-level parser and {command: (module or import error, its sub-parser or None)}."""
+    from trl import TrlParser
+
+    parser = argparse.ArgumentParser(prog="trl-sail", description="Diffusion-DPO and SAIL for text-to-image models.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=TrlParser)
+    commands = {}
+    for name, module_name in COMMANDS:
+        module = _import(module_name)
+        if module is None:
+            continue
+        if isinstance(module, Exception):
+            subparsers.add_parser(name, help=f"(unavailable: {module})", add_help=False)
+            commands[name] = (module, None)
+        else:
+            commands[name] = (module, module.make_parser(subparsers))
+    return parser, commands
+
+
+def run(argv: list[str] | None = None):
+    """Run a sub-command. Returns what the script's `main` returns (the trainer, or the evaluation results)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, commands = build_parser()
+    if not argv or argv[0] not in commands:
+        # Prints help for -h / no command, and a usage error naming the available commands otherwise.
+        parser.parse_args(argv or ["--help"])
+        return None
+    module, subparser = commands[argv[0]]
+    if isinstance(module, Exception):
+        raise ImportError(f"`trl-sail {argv[0]}` is unavailable: {module}") from module
+    parsed = subparser.parse_args_and_config(argv[1:])
+    return module.main(*parsed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point (its return value is the exit status)."""
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
