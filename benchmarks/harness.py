@@ -116,13 +116,14 @@ class MemoryMeasurement:
 
 
 def measure_peak_memory(task: str, kwargs: dict | None = None, device: str = "cpu", threads: int = 1,
-                        preload: tuple[str, ...] = ("torch", "diffusers", "transformers", "peft", "trl_sail"),
+                        preload: tuple[str, ...] = ("torch", "transformers", "peft", "trl_sail", "benchmarks.steps"),
                         timeout: float = 1800) -> MemoryMeasurement:
     """Run `task` ("module:function", called with `kwargs`) in a fresh Python process and return its peak memory.
 
     A fresh process per measurement: peak RSS never goes down within a process, and the allocator keeps freed
     memory, so two measurements in one process would contaminate each other. The modules in `preload` are imported
-    before the baseline is read, so the libraries' own memory is not counted as the task's.
+    before the baseline is read, so the libraries' own memory is not counted as the task's ("module:attribute"
+    also resolves an attribute, for lazily importing packages such as diffusers).
     """
     payload = json.dumps({"task": task, "kwargs": kwargs or {}, "device": device, "preload": list(preload)})
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))

@@ -21,6 +21,7 @@ from trl_sail.tiny import build_tiny_pipeline
 # (measured here: one training step 4x slower with 2 threads than with 1). Override with TRL_SAIL_TEST_THREADS.
 torch.set_num_threads(int(os.environ.get("TRL_SAIL_TEST_THREADS", "1")))
 
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked @pytest.mark.slow")
 

@@ -117,7 +117,9 @@ def test_pair_transform_crops_and_flips_winner_and_loser_identically(flip):
         # Shorter side 40 -> 32: the pair is resized to 48 x 32 before cropping.
         resized = [image.resize((48, 32), Image.BILINEAR) for image in (chosen, rejected)]
         for key, image in zip(("chosen_pixel_values", "rejected_pixel_values"), resized):
-            flipped = torch.equal(out[key], pil_to_tensor(image.transpose(Image.FLIP_LEFT_RIGHT).crop((left, top, left + 32, top + 32))))
+            flipped = torch.equal(
+                out[key], pil_to_tensor(image.transpose(Image.FLIP_LEFT_RIGHT).crop((left, top, left + 32, top + 32)))
+            )
             plain = torch.equal(out[key], pil_to_tensor(image.crop((left, top, left + 32, top + 32))))
             # The reported offset locates the crop in the image the model sees (flipped or not).
             assert flipped or plain
@@ -155,3 +157,12 @@ def test_collator_augmentation_is_keyed_by_epoch_and_pair():
     next_epoch = collator(examples)
     assert not torch.equal(next_epoch["crop_top_left"], first["crop_top_left"])
     assert first["prompt"] == ["p"] * 6 and first["source"].tolist() == [0] * 6
+
+
+def test_pickapic_rows_without_labels_are_dropped_not_read_as_wins(make_pair_dataset):
+    dataset = make_pair_dataset(4, schema="pickapic", image_format="bytes")
+    labels_0 = list(dataset["label_0"])
+    labels_0[2] = None
+    dataset = dataset.remove_columns("label_0").add_column("label_0", labels_0)
+    pairs = PreferencePairs(dataset)
+    assert len(pairs) == 3 and 2 not in pairs.indices.tolist() and pairs.num_ties == 0

@@ -90,3 +90,44 @@ def test_cli_lists_installed_commands_and_skips_missing_ones(monkeypatch, capsys
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--help"])
     assert exit_info.value.code == 0 and "dpo" in capsys.readouterr().out
+
+
+def test_script_under_two_processes_checkpoints_and_writes_one_artifact(config_file, tmp_path, tiny_sd15_path):
+    """`torchrun -m trl_sail.cli dpo` with two CPU processes (gloo): checkpoints with both RNG states, no hang in
+    saving, one artifact from the main process, metrics logged."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from diffusers import DiffusionPipeline
+
+    output_dir = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m"]
+    command += ["trl_sail.cli", "dpo", "--config", str(config_file), "--output_dir", str(output_dir)]
+    command += [
+        "--max_steps",
+        "2",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "1",
+        "--use_cpu",
+        "--ddp_backend",
+        "gloo",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    for step in (1, 2):
+        checkpoint = output_dir / f"checkpoint-{step}"
+        assert (checkpoint / "unet").is_dir()
+        assert (checkpoint / "rng_state_0.pth").is_file() and (checkpoint / "rng_state_1.pth").is_file()
+    state = json.loads((output_dir / "checkpoint-2" / "trainer_state.json").read_text())
+    logged = [h for h in state["log_history"] if "loss" in h]
+    assert len(logged) == 2 and all("rewards/margins" in h and "errors/policy_chosen" in h for h in logged)
+    assert state["train_batch_size"] == 2  # per process
+    trained = DiffusionPipeline.from_pretrained(str(output_dir)).unet
+    base = DiffusionPipeline.from_pretrained(tiny_sd15_path).unet
+    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), base.parameters()))

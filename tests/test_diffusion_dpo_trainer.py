@@ -9,12 +9,14 @@ import math
 import types
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from PIL import Image
 from transformers import TrainerCallback
 
 from trl_sail import DiffusionDPOConfig, DiffusionDPOTrainer
@@ -207,20 +209,31 @@ def test_lora_trains_adapters_only_with_one_unet_in_memory(tiny_sd15_path, make_
     assert len(reachable_instances(trainer, UNet2DConditionModel)) == 1
 
 
-def test_learns_planted_preference_on_held_out_pairs(tiny_sd15_path, make_pair_dataset, make_kind_image, tmp_path):
+@pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_learns_planted_preference_on_held_out_pairs(
+    tiny_sd15_path, make_pair_dataset, make_kind_image, tmp_path, lora
+):
     """Train on red > blue, then measure the saved model against the base on new red and blue images."""
     dataset = make_pair_dataset(32, winner="red", loser="blue", prompts=["a square"], seed=0)
     args = make_args(
-        tmp_path, per_device_train_batch_size=8, max_steps=30, learning_rate=5e-4, lr_scheduler_type="constant",
-        logging_steps=10, beta=5000.0,
+        tmp_path, per_device_train_batch_size=8, max_steps=100 if lora else 30, learning_rate=5e-4,
+        lr_scheduler_type="constant", logging_steps=10, beta=5000.0,
     )  # fmt: skip
-    trainer = DiffusionDPOTrainer(tiny_sd15_path, args=args, train_dataset=dataset)
+    peft_config = None
+    if lora:  # colour lives in the convolutions of a random tiny UNet more than in its attention
+        targets = [*LORA_TARGETS, "conv1", "conv2"]
+        peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights="gaussian")
+    trainer = DiffusionDPOTrainer(tiny_sd15_path, args=args, train_dataset=dataset, peft_config=peft_config)
     trainer.train()
     trainer.save_model()
 
-    trained = DiffusionPipeline.from_pretrained(str(tmp_path))
     base = DiffusionPipeline.from_pretrained(tiny_sd15_path)
-    rng = __import__("numpy").random.default_rng(1234)  # held-out images: a different seed from training
+    if lora:
+        trained = DiffusionPipeline.from_pretrained(tiny_sd15_path)
+        trained.load_lora_weights(str(tmp_path))
+    else:
+        trained = DiffusionPipeline.from_pretrained(str(tmp_path))
+    rng = np.random.default_rng(1234)  # held-out images: a different seed from training
     num_pairs, draws = 16, 8
     winners = torch.stack([pil_to_tensor(make_kind_image("red", rng)) for _ in range(num_pairs)])
     losers = torch.stack([pil_to_tensor(make_kind_image("blue", rng)) for _ in range(num_pairs)])
@@ -239,7 +252,7 @@ def test_learns_planted_preference_on_held_out_pairs(tiny_sd15_path, make_pair_d
             noise = torch.randn(latents_w.shape, generator=g)
             t = torch.randint(0, 1000, (num_pairs,), generator=g)
 
-            def error(unet, x0):
+            def error(unet, x0, noise=noise, t=t):
                 noisy = base.scheduler.add_noise(x0, noise, t)
                 return (unet(noisy, t, encoder_hidden_states=text).sample - noise).pow(2).mean(dim=(1, 2, 3))
 
@@ -289,9 +302,7 @@ class StopAtStep(TrainerCallback):
 
 
 @pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
-    tiny_sd15_path, make_pair_dataset, tmp_path, lora
-):
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tiny_sd15_path, make_pair_dataset, tmp_path, lora):
     # 12 pairs, 2 x 2 per step: 3 steps per epoch, so the run is cut mid-epoch and resumes across an epoch boundary,
     # with random crop/flip and empty-prompt dropout on (all of their draws must be replayed exactly).
     dataset = make_pair_dataset(12, size=(48, 40))
@@ -359,8 +370,10 @@ def test_sdxl_unet_receives_both_encoders_pooled_embeds_and_time_ids(tiny_sdxl_p
     for (_, kwargs), batch, examples in zip(calls, recorder.batches, recorder.examples):
         prompts = batch["prompt"]
         with torch.no_grad():
-            ids_1 = pipe.tokenizer(prompts, padding="max_length", max_length=48, return_tensors="pt").input_ids
-            ids_2 = pipe.tokenizer_2(prompts, padding="max_length", max_length=48, return_tensors="pt").input_ids
+            ids_1, ids_2 = (
+                tok(prompts, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+                for tok in (pipe.tokenizer, pipe.tokenizer_2)
+            )
             out_1 = pipe.text_encoder(ids_1, output_hidden_states=True)
             out_2 = pipe.text_encoder_2(ids_2, output_hidden_states=True)
         hidden = torch.cat([out_1.hidden_states[-2], out_2.hidden_states[-2]], dim=-1)
@@ -368,13 +381,12 @@ def test_sdxl_unet_receives_both_encoders_pooled_embeds_and_time_ids(tiny_sdxl_p
         # Winners then losers, same conditioning for both.
         torch.testing.assert_close(kwargs["encoder_hidden_states"], torch.cat([hidden, hidden]))
         torch.testing.assert_close(added["text_embeds"], torch.cat([out_2.text_embeds] * 2))
-        for row, example, (top, left) in zip(added["time_ids"][:2], examples, batch["crop_top_left"].tolist()):
-            assert row.tolist() == [40.0, 48.0, top, left, 32.0, 32.0]
+        for i, (top, left) in enumerate(batch["crop_top_left"].tolist()):
+            assert added["time_ids"][i].tolist() == [40.0, 48.0, top, left, 32.0, 32.0]
             # The offset in time_ids is where the crop really was: the shorter side 40 -> 32 makes the image 38 x 32.
             for key in ("chosen", "rejected"):
-                crop = example[key].resize((38, 32), __import__("PIL").Image.BILINEAR).crop((left, top, left + 32, top + 32))
-                pixels = batch[f"{key}_pixel_values"][examples.index(example)]
-                torch.testing.assert_close(pixels, pil_to_tensor(crop))
+                crop = examples[i][key].resize((38, 32), Image.BILINEAR).crop((left, top, left + 32, top + 32))
+                torch.testing.assert_close(batch[f"{key}_pixel_values"][i], pil_to_tensor(crop))
             offsets.add(left)
         torch.testing.assert_close(added["time_ids"][2:], added["time_ids"][:2])
     assert len(offsets) > 1  # the crop really is random
@@ -409,7 +421,9 @@ def test_non_positive_beta_is_refused(tmp_path, beta):
 def test_resolution_the_model_cannot_take_is_refused(tiny_sd15_path, make_pair_dataset, tmp_path):
     # VAE downsamples by 4, the UNet by 2 more: resolutions must be multiples of 8.
     with pytest.raises(ValueError, match="resolution=20 is not a positive multiple of 8.*Use e.g. resolution=16"):
-        DiffusionDPOTrainer(tiny_sd15_path, args=make_args(tmp_path, resolution=20), train_dataset=make_pair_dataset(2))
+        DiffusionDPOTrainer(
+            tiny_sd15_path, args=make_args(tmp_path, resolution=20), train_dataset=make_pair_dataset(2)
+        )
 
 
 def test_non_finite_loss_stops_training_and_keeps_last_checkpoint(tiny_sd15_path, make_pair_dataset, tmp_path):
@@ -443,10 +457,11 @@ def test_logged_metrics_eval_prefix_validation_images_and_tensorboard(tiny_sd15_
 
     args = make_args(
         tmp_path, max_steps=2, report_to=["tensorboard"], validation_prompts=["a square"], validation_steps=1,
-        num_validation_images=2, validation_num_inference_steps=2,
+        num_validation_images=2, validation_num_inference_steps=2, random_crop=True, random_flip=True,
     )  # fmt: skip
+    eval_dataset = make_pair_dataset(4, seed=1, size=(48, 32))
     trainer = DiffusionDPOTrainer(
-        tiny_sd15_path, args=args, train_dataset=make_pair_dataset(4), eval_dataset=make_pair_dataset(4, seed=1)
+        tiny_sd15_path, args=args, train_dataset=make_pair_dataset(4), eval_dataset=eval_dataset
     )
     trainer.train()
     log = first_log(trainer)
@@ -460,12 +475,14 @@ def test_logged_metrics_eval_prefix_validation_images_and_tensorboard(tiny_sd15_
     metrics = trainer.evaluate()
     for name in names:
         assert math.isfinite(metrics[f"eval_{name}"]) and name not in metrics
-    # Evaluation draws fixed (noise, timestep) pairs: two evaluations of the same model agree.
+    # Evaluation draws fixed (noise, timestep) pairs and crops: two evaluations of the same model agree, whatever
+    # training epoch the collator is at.
+    trainer.data_collator.set_epoch(7)
     assert trainer.evaluate()["eval_loss"] == pytest.approx(metrics["eval_loss"], abs=1e-6)
 
     grids = sorted(p.name for p in (tmp_path / "validation").iterdir())
     assert grids == ["step_000001.png", "step_000002.png", "step_000002_final.png"]
-    grid = __import__("PIL").Image.open(tmp_path / "validation" / grids[-1])
+    grid = Image.open(tmp_path / "validation" / grids[-1])
     assert grid.size == (2 * trainer.resolution, trainer.resolution)  # one prompt, two seeds
     events = list((tmp_path / "runs").rglob("events.out.tfevents.*"))
     accumulator = EventAccumulator(str(events[0].parent), size_guidance={"images": 0})
@@ -506,9 +523,7 @@ class FileHubApi:
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_model_card_and_push_to_hub_upload_what_save_model_wrote(
-    tiny_sd15_path, make_pair_dataset, tmp_path, lora
-):
+def test_model_card_and_push_to_hub_upload_what_save_model_wrote(tiny_sd15_path, make_pair_dataset, tmp_path, lora):
     output_dir = tmp_path / "out"
     hub = FileHubApi(tmp_path / "hub")
     args = make_args(
@@ -528,11 +543,14 @@ def test_model_card_and_push_to_hub_upload_what_save_model_wrote(
     assert f"base_model: {tiny_sd15_path}" in card
     assert "Diffusion-DPO" in card and "| beta | 3000.0 |" in card and "| ties dropped | 1 |" in card
     assert "| training pairs | 5 |" in card and f"| LoRA | {lora} |" in card
+    # How to load it, from the repository and branch it was pushed to.
     if lora:
-        assert 'pipe.load_lora_weights("someone/tiny-dpo", revision="v1")' not in card  # card names the repo
-        assert 'pipe.load_lora_weights("someone/tiny-dpo")' in card
+        assert f'DiffusionPipeline.from_pretrained("{tiny_sd15_path}"' in card
+        assert 'pipe.load_lora_weights("someone/tiny-dpo", revision="v1")' in card
     else:
-        assert 'DiffusionPipeline.from_pretrained("someone/tiny-dpo"' in card
+        assert 'DiffusionPipeline.from_pretrained("someone/tiny-dpo", revision="v1"' in card
+    last = [h for h in trainer.state.log_history if "loss" in h][-1]
+    assert f"| rewards/margins | {last['rewards/margins']:.4g} |" in card
 
     written = {p.relative_to(output_dir) for p in output_dir.rglob("*") if p.is_file()}
     uploaded = {p.relative_to(pushed) for p in pushed.rglob("*") if p.is_file()}
@@ -585,3 +603,45 @@ def test_caching_gives_the_same_loss(make_tiny_pipeline, make_pair_dataset, tmp_
 def test_caching_latents_with_random_augmentation_is_refused(tmp_path, augmentation):
     with pytest.raises(ValueError, match="cache_latents=True cannot be combined with random_crop/random_flip"):
         make_args(tmp_path, cache_latents=True, **{augmentation: True})
+
+
+def test_per_source_metrics_split_seed_and_self_pairs(tiny_sd15_path, make_pair_dataset, tmp_path):
+    from torch.utils.data import ConcatDataset
+
+    from trl_sail.data import SOURCE_SEED, SOURCE_SELF, PreferencePairs
+
+    class PerSourceTrainer(DiffusionDPOTrainer):
+        log_metrics_per_source = True
+
+    # 3 seed pairs and 1 self pair in one batch of 4: the per-source means must recombine into the batch mean.
+    mixed = ConcatDataset(
+        [
+            PreferencePairs(make_pair_dataset(3), SOURCE_SEED),
+            PreferencePairs(make_pair_dataset(1, seed=5, winner="green", loser="grey"), SOURCE_SELF),
+        ]
+    )
+    trainer = PerSourceTrainer(
+        tiny_sd15_path, args=make_args(tmp_path, max_steps=2, per_device_train_batch_size=4), train_dataset=mixed
+    )
+    trainer.train()
+    log = [h for h in trainer.state.log_history if "loss" in h][-1]  # step 2: the policy has moved
+    assert abs(log["seed/loss"] - log["self/loss"]) > 1e-3
+    assert {"seed/loss", "self/loss", "seed/rewards/margins", "self/rewards/accuracies"} <= log.keys()
+    assert (3 * log["seed/loss"] + log["self/loss"]) / 4 == pytest.approx(log["loss"], abs=1e-5)
+    assert (3 * log["seed/rewards/margins"] + log["self/rewards/margins"]) / 4 == pytest.approx(
+        log["rewards/margins"], abs=1e-4
+    )
+
+
+def test_low_precision_frozen_parts_keep_a_float32_unet(tiny_sd15_path, make_pair_dataset, tmp_path):
+    args = make_args(
+        tmp_path, max_steps=1, model_init_kwargs={"torch_dtype": "bfloat16"}, validation_prompts=["a square"],
+        validation_steps=1, num_validation_images=1, validation_num_inference_steps=2,
+    )  # fmt: skip
+    trainer = DiffusionDPOTrainer(tiny_sd15_path, args=args, train_dataset=make_pair_dataset(2))
+    assert trainer.t2i.vae.dtype == torch.bfloat16 and trainer.t2i.text_encoder.dtype == torch.bfloat16
+    assert trainer.model.dtype == torch.float32 and trainer.reference.unet.dtype == torch.float32
+    trainer.train()
+    assert first_log(trainer)["loss"] == pytest.approx(math.log(2), abs=1e-3)
+    # Sampling mixes the bf16 text encoder with the float32 UNet.
+    assert (tmp_path / "validation" / "step_000001_final.png").is_file()

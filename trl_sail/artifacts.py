@@ -40,7 +40,7 @@ def save_model_artifact(
         # assumes alpha == rank and silently rescales any LoRA trained with lora_alpha != r.
         metadata = unet.peft_config[adapter_name].to_dict()
         type(pipeline).save_lora_weights(
-            output_dir, unet_lora_layers=lora_state_dict(unet, adapter_name)
+            output_dir, unet_lora_layers=lora_state_dict(unet, adapter_name), unet_lora_adapter_metadata=metadata
         )
         return
     original_unet = pipeline.unet

@@ -94,14 +94,21 @@ class PreferencePairs(torch.utils.data.Dataset):
         self.latent_cache = None  # set by `cache_latents`: rows then return stored latents instead of images
         if self.schema == "pickapic":
             self.dataset = _raw_image_columns(dataset, ("jpg_0", "jpg_1"))
-            labels_0 = np.asarray(self.dataset["label_0"], dtype=np.float64)
-            labels_1 = np.asarray(self.dataset["label_1"], dtype=np.float64)
-            decided = labels_0 != labels_1
+            # None (an unlabeled row) becomes NaN: such rows carry no preference either and are dropped with ties.
+            labels_0 = np.asarray([np.nan if v is None else v for v in self.dataset["label_0"]], dtype=np.float64)
+            labels_1 = np.asarray([np.nan if v is None else v for v in self.dataset["label_1"]], dtype=np.float64)
+            labeled = np.isfinite(labels_0) & np.isfinite(labels_1)
+            decided = labeled & (labels_0 != labels_1)
             self.indices = np.flatnonzero(decided)
             self.winner_is_first = labels_0[self.indices] > labels_1[self.indices]
-            self.num_ties = int((~decided).sum())
-            if self.num_ties:
-                logger.warning(f"{name}: dropped {self.num_ties} tied pairs of {len(dataset)} (Pick-a-Pic schema).")
+            self.num_ties = int((labeled & ~decided).sum())
+            num_unlabeled = int((~labeled).sum())
+            if self.num_ties or num_unlabeled:
+                logger.warning(
+                    f"{name}: dropped {self.num_ties} tied pairs"
+                    + (f" and {num_unlabeled} unlabeled rows" if num_unlabeled else "")
+                    + f" of {len(dataset)} (Pick-a-Pic schema)."
+                )
         else:
             self.dataset = _raw_image_columns(dataset, ("chosen", "rejected"))
             self.indices = np.arange(len(dataset))

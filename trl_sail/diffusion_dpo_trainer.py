@@ -392,12 +392,18 @@ class DiffusionDPOTrainer(Trainer):
         self._metrics[mode].clear()
 
     def evaluation_loop(self, *args, **kwargs):
-        # Fixed (noise, timestep) draws in evaluation, so eval metrics of two checkpoints compare like with like.
+        # Fixed (noise, timestep) draws, and the crop/flip draws of epoch 0, in every evaluation: eval metrics of two
+        # checkpoints compare like with like.
         self._eval_generator = torch.Generator().manual_seed(self.args.seed)
+        epoch = getattr(self.data_collator, "epoch", None)
+        if epoch is not None:
+            self.data_collator.set_epoch(0)
         try:
             return super().evaluation_loop(*args, **kwargs)
         finally:
             self._eval_generator = None
+            if epoch is not None:
+                self.data_collator.set_epoch(epoch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         with torch.no_grad(), self.compute_loss_context_manager():
@@ -461,18 +467,33 @@ class DiffusionDPOTrainer(Trainer):
             return "base UNet (LoRA adapters disabled)"
         return f"frozen LoRA adapter {self.reference.adapter!r}"
 
-    def create_model_card(self, metrics: dict | None = None, output_dir: str | None = None, **kwargs) -> None:
-        """Write the diffusers text-to-image model card (README.md) into `output_dir` (defaults to `args.output_dir`)."""
+    def create_model_card(
+        self,
+        metrics: dict | None = None,
+        output_dir: str | None = None,
+        repo_id: str | None = None,
+        revision: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Write the diffusers text-to-image model card (README.md) into `output_dir` (defaults to `args.output_dir`).
+
+        The card names the base model and the method, lists `model_card_hyperparameters()` and the last logged
+        training metrics (or `metrics`), and shows how to load the result from `repo_id` (at `revision`).
+        """
         if not self.is_world_process_zero():
             return
+        if metrics is None:
+            logged = [entry for entry in self.state.log_history if "loss" in entry and "eval_loss" not in entry]
+            metrics = {k: v for k, v in (logged[-1] if logged else {}).items() if k == "loss" or "/" in k}
         write_model_card(
             output_dir or self.args.output_dir,
             base_model=self.base_model_id,
             method=self._method_name,
             is_lora=is_peft_unet(self.policy.unet),
             hyperparameters=self.model_card_hyperparameters(),
-            metrics=metrics,
-            repo_id=self.args.hub_model_id,
+            metrics=metrics or None,
+            repo_id=repo_id or self.args.hub_model_id,
+            revision=revision,
         )
 
     def _get_hub_api(self):
@@ -511,11 +532,14 @@ class DiffusionDPOTrainer(Trainer):
             return None
         if getattr(self, "hub_model_id", None) is None:
             self.init_hf_repo(token=token)
+        revision = revision or self.args.hub_revision
+        # The card's loading snippet should name the repository and branch it is pushed to.
+        self.create_model_card(repo_id=self.hub_model_id, revision=None if revision == "main" else revision)
         push_folder(
             self._get_hub_api(),
             self.args.output_dir,
             self.hub_model_id,
-            revision=revision or self.args.hub_revision,
+            revision=revision,
             commit_message=commit_message or "Upload",
             token=token if token is not None else self.args.hub_token,
         )

@@ -1,4 +1,5 @@
 from dataclasses import dataclass, field
+from typing import Any
 
 from .diffusion_dpo_config import DiffusionDPOConfig
 
@@ -21,7 +22,7 @@ class SAILConfig(DiffusionDPOConfig):
 
         num_rounds (`int`, *optional*, defaults to `3`):
             Self rounds after round 0, so `num_rounds=3` writes `round_0` (the anchor) to `round_3`.
-        prompts_per_round (`int` or `list[int]`, *optional*, defaults to `1000`):
+        prompts_per_round (`int` or `list[int]`, *optional*, defaults to `[1000]`):
             Fresh prompts per self round: one number for every round, or one per round (the paper: 10K/20K/20K).
         eval_prompts (`list[str]`, *optional*):
             Evaluation prompts; they are removed from the prompt pool so no round trains on them.
@@ -87,8 +88,9 @@ class SAILConfig(DiffusionDPOConfig):
     """
 
     num_rounds: int = field(default=3, metadata={"help": "Self rounds after round 0."})
-    prompts_per_round: list[int] | int = field(
-        default=1000, metadata={"help": "Fresh prompts per self round (one number, or one per round)."}
+    prompts_per_round: list[int] = field(
+        default_factory=lambda: [1000],
+        metadata={"help": "Fresh prompts per self round: one number for every round, or one per round."},
     )
     eval_prompts: list[str] | None = field(default=None, metadata={"help": "Held-out prompts, never trained on."})
     start_from_aligned: bool = field(default=False, metadata={"help": "SAIL*: `model` is the anchor; skip round 0."})
@@ -112,7 +114,7 @@ class SAILConfig(DiffusionDPOConfig):
     collapse_diversity_fraction: float = field(default=0.5, metadata={"help": "Warn below this x round-1 diversity."})
     push_preferences_to_hub: bool = field(default=False, metadata={"help": "Push self pairs as a dataset repo."})
     eval_scorers: list[str] | None = field(default=None, metadata={"help": "Scorers run after every round."})
-    eval_scorer_kwargs: dict | str | None = field(default=None, metadata={"help": "Per-scorer options (JSON)."})
+    eval_scorer_kwargs: dict[str, Any] | str | None = field(default=None, metadata={"help": "Per-scorer options (JSON)."})
     eval_images_per_prompt: int = field(default=1, metadata={"help": "Images per evaluation prompt."})
 
     def __post_init__(self):
@@ -120,7 +122,9 @@ class SAILConfig(DiffusionDPOConfig):
         if self.num_rounds < 0:
             raise ValueError(f"num_rounds must be >= 0, got {self.num_rounds}.")
         if isinstance(self.prompts_per_round, int):
-            self.prompts_per_round = [self.prompts_per_round] * self.num_rounds
+            self.prompts_per_round = [self.prompts_per_round]
+        if len(self.prompts_per_round) == 1:
+            self.prompts_per_round = list(self.prompts_per_round) * self.num_rounds
         self.prompts_per_round = [int(n) for n in self.prompts_per_round]
         if len(self.prompts_per_round) != self.num_rounds:
             raise ValueError(

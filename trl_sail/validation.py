@@ -1,6 +1,7 @@
 """Validation images, as the diffusers training scripts do it: fixed prompts and seeds, sampled every N steps and at
 the end, saved under `output_dir/validation/` and logged to the trackers of `report_to`."""
 
+import contextlib
 import os
 
 import numpy as np
@@ -24,19 +25,27 @@ def sample_images(pipeline, unet, prompts, seeds, num_inference_steps, guidance_
     pipeline.unet = unet
     was_training = unet.training
     unet.eval()
+    # The pipeline feeds the UNet latents in the text encoder's dtype; a float32 trained UNet next to bf16/fp16 frozen
+    # parts (`torch_dtype` in `model_init_kwargs`) would then see mixed dtypes: run under autocast in that case.
+    frozen_dtype = pipeline.text_encoder.dtype
+    device_type = torch.device(device).type if device is not None else unet.device.type
+    mixed = frozen_dtype != unet.dtype
     try:
         images = []
         for prompt in prompts:
             for seed in seeds:
                 generator = torch.Generator(device="cpu").manual_seed(seed)
-                images += pipeline(
-                    prompt,
-                    num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale,
-                    height=resolution,
-                    width=resolution,
-                    generator=generator,
-                ).images
+                context = torch.autocast(device_type, dtype=frozen_dtype) if mixed else contextlib.nullcontext()
+                with context:
+                    output = pipeline(
+                        prompt,
+                        num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale,
+                        height=resolution,
+                        width=resolution,
+                        generator=generator,
+                    )
+                images += output.images
         return images
     finally:
         pipeline.unet = original_unet

@@ -194,7 +194,9 @@ def main(script_args: ScriptArguments, training_args, model_args: DiffusionModel
         dataset = DatasetDict({script_args.dataset_train_split: dataset})
     elif model is None or script_args.dataset_name is None:
         missing = "--model_name_or_path" if model is None else "--dataset_name"
-        raise ValueError(f"{missing} is missing: give both a pipeline and a preference dataset (or neither, for the demo).")
+        raise ValueError(
+            f"{missing} is missing: give both a pipeline and a preference dataset (or neither, for the demo)."
+        )
     else:
         dataset = load_preference_dataset(script_args)
     if isinstance(dataset, Dataset):

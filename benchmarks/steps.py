@@ -1,0 +1,87 @@
+"""The measured operations: a Diffusion-DPO step through the real trainer, and its plain fine-tune counterpart.
+
+Both sides run through the same prepared model, optimizer, data path and mixed-precision context, so their ratio
+measures what Diffusion-DPO adds (the reference forward and the pairing), not a difference of setups.
+"""
+
+import tempfile
+
+import torch
+
+from trl_sail import DiffusionDPOConfig, DiffusionDPOTrainer
+from trl_sail.rewards import denoising_errors
+
+from .models import lora_config, preference_dataset
+
+
+def make_trainer(pipeline, *, lora: bool, pairs: int, batch_pairs: int, device: str, bf16: bool = False,
+                 cache: bool = True) -> DiffusionDPOTrainer:
+    """A `DiffusionDPOTrainer` on `pipeline` (full fine-tune or LoRA), with its optimizer created."""
+    args = DiffusionDPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench_dpo_"),
+        per_device_train_batch_size=batch_pairs,
+        learning_rate=1e-6,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=device == "cpu",
+        bf16=bf16,
+        cache_latents=cache,
+        cache_prompt_embeddings=cache,
+        validate_images=False,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    image_size = pipeline.unet.config.sample_size * 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
+    trainer = DiffusionDPOTrainer(
+        pipeline,
+        args=args,
+        train_dataset=preference_dataset(pairs, image_size),
+        peft_config=lora_config() if lora else None,
+    )
+    trainer.create_optimizer()
+    # What `Trainer.train` does to the model before its first step: device placement and, with bf16/fp16, autocast
+    # wrapped around the model's forward (and only its forward).
+    trainer.bench_model = trainer.accelerator.prepare_model(trainer.model)
+    return trainer
+
+
+def first_batch(trainer) -> dict:
+    return next(iter(trainer.get_train_dataloader()))
+
+
+def _update(trainer, loss) -> None:
+    trainer.accelerator.backward(loss)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def dpo_step(trainer, inputs) -> float:
+    """One Diffusion-DPO optimizer step on a batch of B pairs: `compute_loss`, backward, AdamW."""
+    loss = trainer.compute_loss(trainer.bench_model, inputs)
+    _update(trainer, loss)
+    return loss.item()
+
+
+def plain_step(trainer, inputs, seed: int = 0) -> float:
+    """One plain denoising fine-tune step on the same 2B images (winners and losers as independent images).
+
+    Same encoded inputs (`encode_batch`), same model, same optimizer as `dpo_step`; no reference model, and each
+    image gets its own (noise, timestep).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    latents_w, latents_l, conditioning = trainer.encode_batch(inputs, generator)
+    latents = torch.cat([latents_w, latents_l])
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    timesteps = torch.randint(0, trainer.t2i.num_train_timesteps, (len(latents),), generator=generator)
+    errors = denoising_errors(
+        trainer.bench_model, trainer.t2i.noise_scheduler, latents, noise, timesteps.to(latents.device),
+        conditioning.repeat(2),
+    )
+    loss = errors.mean()
+    _update(trainer, loss)
+    return loss.item()
+
+
+def set_gradient_checkpointing(trainer, enabled: bool) -> None:
+    unet = trainer.accelerator.unwrap_model(trainer.bench_model)
+    unet.enable_gradient_checkpointing() if enabled else unet.disable_gradient_checkpointing()
