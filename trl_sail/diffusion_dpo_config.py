@@ -36,7 +36,8 @@ class DiffusionDPOConfig(TrainingArguments):
             Crop at a random offset instead of the centre. The same offset is used for the winner and the loser, and
             the offset is passed to SDXL as its crop conditioning.
         random_flip (`bool`, *optional*, defaults to `False`):
-            Flip the pair horizontally with probability 0.5 (both images together).
+            Flip the pair horizontally with probability 0.5 (both images together). Crop and flip draws are keyed by
+            (seed, epoch, pair), so a run resumed from a checkpoint repeats them exactly.
         proportion_empty_prompts (`float`, *optional*, defaults to `0.0`):
             Fraction of pairs whose prompt is replaced by `""` during training (the authors' script uses 0.2), so the
             model keeps its unconditional branch for classifier-free guidance.
