@@ -84,8 +84,14 @@ def paired_timing(
     return timing
 
 
-def best_batch_size(run_with_batch_size: Callable[[int], object], candidates: list[int], total_rows: int,
-                    repeats: int = 2, sync=None, clock=time.perf_counter) -> tuple[int, dict[int, float]]:
+def best_batch_size(
+    run_with_batch_size: Callable[[int], object],
+    candidates: list[int],
+    total_rows: int,
+    repeats: int = 2,
+    sync=None,
+    clock=time.perf_counter,
+) -> tuple[int, dict[int, float]]:
     """The candidate batch size with the highest throughput (rows / s) for a job of `total_rows` rows."""
     sync = sync or (lambda: None)
     throughput = {}
@@ -115,9 +121,14 @@ class MemoryMeasurement:
         return self.peak_bytes - self.baseline_bytes
 
 
-def measure_peak_memory(task: str, kwargs: dict | None = None, device: str = "cpu", threads: int = 1,
-                        preload: tuple[str, ...] = ("torch", "transformers", "peft", "trl_sail", "benchmarks.steps"),
-                        timeout: float = 1800) -> MemoryMeasurement:
+def measure_peak_memory(
+    task: str,
+    kwargs: dict | None = None,
+    device: str = "cpu",
+    threads: int = 1,
+    preload: tuple[str, ...] = ("torch", "transformers", "peft", "trl_sail", "benchmarks.steps"),
+    timeout: float = 1800,
+) -> MemoryMeasurement:
     """Run `task` ("module:function", called with `kwargs`) in a fresh Python process and return its peak memory.
 
     A fresh process per measurement: peak RSS never goes down within a process, and the allocator keeps freed

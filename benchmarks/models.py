@@ -154,7 +154,11 @@ def flops_per_image(preset_name: str) -> dict[str, float]:
         latent = preset.image_size // 2 ** (levels - 1)
         counts = {}
         with FlopCounterMode(display=False) as counter:
-            unet(torch.randn(1, 4, latent, latent), torch.tensor([10]), torch.randn(1, preset.max_length, preset.text_hidden))
+            unet(
+                torch.randn(1, 4, latent, latent),
+                torch.tensor([10]),
+                torch.randn(1, preset.max_length, preset.text_hidden),
+            )
         counts["unet_forward"] = counter.get_total_flops()
         with FlopCounterMode(display=False) as counter:
             vae.encode(torch.randn(1, 3, preset.image_size, preset.image_size))

@@ -14,8 +14,9 @@ from trl_sail.rewards import denoising_errors
 from .models import lora_config, preference_dataset
 
 
-def make_trainer(pipeline, *, lora: bool, pairs: int, batch_pairs: int, device: str, bf16: bool = False,
-                 cache: bool = True) -> DiffusionDPOTrainer:
+def make_trainer(
+    pipeline, *, lora: bool, pairs: int, batch_pairs: int, device: str, bf16: bool = False, cache: bool = True
+) -> DiffusionDPOTrainer:
     """A `DiffusionDPOTrainer` on `pipeline` (full fine-tune or LoRA), with its optimizer created."""
     args = DiffusionDPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench_dpo_"),
@@ -74,7 +75,11 @@ def plain_step(trainer, inputs, seed: int = 0) -> float:
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     timesteps = torch.randint(0, trainer.t2i.num_train_timesteps, (len(latents),), generator=generator)
     errors = denoising_errors(
-        trainer.bench_model, trainer.t2i.noise_scheduler, latents, noise, timesteps.to(latents.device),
+        trainer.bench_model,
+        trainer.t2i.noise_scheduler,
+        latents,
+        noise,
+        timesteps.to(latents.device),
         conditioning.repeat(2),
     )
     loss = errors.mean()

@@ -22,16 +22,23 @@ def unet_copies(device: str, channels=(128, 256), copies: int = 1) -> dict:
     torch.manual_seed(0)
     unets = [
         UNet2DConditionModel(
-            sample_size=8, block_out_channels=tuple(channels), layers_per_block=1, cross_attention_dim=32,
+            sample_size=8,
+            block_out_channels=tuple(channels),
+            layers_per_block=1,
+            cross_attention_dim=32,
             down_block_types=("CrossAttnDownBlock2D",) * (len(channels) - 1) + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(channels) - 1), norm_num_groups=32,
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(channels) - 1),
+            norm_num_groups=32,
         ).to(device)
     ]
     unets += [copy.deepcopy(unets[0]) for _ in range(copies - 1)]
     with torch.no_grad():
         for unet in unets:
-            unet(torch.randn(1, 4, 8, 8, device=device), torch.tensor([1], device=device),
-                 torch.randn(1, 4, 32, device=device))
+            unet(
+                torch.randn(1, 4, 8, 8, device=device),
+                torch.tensor([1], device=device),
+                torch.randn(1, 4, 32, device=device),
+            )
     return {"unet_parameters": _count(unets[0]), "copies": copies}
 
 
@@ -41,8 +48,9 @@ def lora_dpo(device: str, preset: str, batch_pairs: int, steps: int, bf16: bool 
     from .steps import dpo_step, first_batch, make_trainer
 
     pipeline = build_pipeline(preset, device)
-    trainer = make_trainer(pipeline, lora=True, pairs=batch_pairs, batch_pairs=batch_pairs, device=device,
-                           bf16=bf16, cache=False)
+    trainer = make_trainer(
+        pipeline, lora=True, pairs=batch_pairs, batch_pairs=batch_pairs, device=device, bf16=bf16, cache=False
+    )
     inputs = first_batch(trainer)
     for _ in range(steps):
         loss = dpo_step(trainer, inputs)
@@ -83,8 +91,16 @@ def lora_plain(device: str, preset: str, batch_pairs: int, steps: int, bf16: boo
     return {"unet_parameters": _count(unet), "loss": loss.item()}
 
 
-def sail_generation(device: str, preset: str, num_prompts: int, num_candidates: int, num_inference_steps: int,
-                    num_draws: int, prompts_per_batch: int, scoring_batch_size: int = 32) -> dict:
+def sail_generation(
+    device: str,
+    preset: str,
+    num_prompts: int,
+    num_candidates: int,
+    num_inference_steps: int,
+    num_draws: int,
+    prompts_per_batch: int,
+    scoring_batch_size: int = 32,
+) -> dict:
     """A SAIL round's self-pair phase as `SAILTrainer` runs it with LoRA: generate N candidates per prompt with the
     policy adapter, judge them (policy adapter against the base, K draws), stream kept pairs to disk, and build the
     round's `datasets.Dataset` (read back once)."""
@@ -100,11 +116,16 @@ def sail_generation(device: str, preset: str, num_prompts: int, num_candidates: 
     unet.add_adapter(lora_config(), adapter_name="default")
     unet.eval()
     scorer = ImplicitDiffusionRewardScorer(
-        UNetView(unet, "default"), UNetView(unet, "disabled"), TextToImageModel(pipeline), num_draws=num_draws,
+        UNetView(unet, "default"),
+        UNetView(unet, "disabled"),
+        TextToImageModel(pipeline),
+        num_draws=num_draws,
         max_batch_size=scoring_batch_size,
     )
     settings = SamplingSettings(
-        num_candidates=num_candidates, num_inference_steps=num_inference_steps, guidance_scale=7.5,
+        num_candidates=num_candidates,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=7.5,
         prompts_per_batch=prompts_per_batch,
     )
     directory = tempfile.mkdtemp(prefix="bench_sail_")

@@ -48,8 +48,13 @@ def test_paired_timing_ratio_and_abba_order():
 def test_paired_ratio_is_the_median_of_per_repetition_ratios():
     clock = FakeClock()
     costs_a = iter([1.0, 1.1, 5.0, 1.2])  # warm-up, then one repetition slowed down by a neighbour
-    timing = paired_timing(lambda: setattr(clock, "now", clock.now + next(costs_a)), clock.work("b", 1.0),
-                           repeats=3, warmup=1, clock=clock)
+    timing = paired_timing(
+        lambda: setattr(clock, "now", clock.now + next(costs_a)),
+        clock.work("b", 1.0),
+        repeats=3,
+        warmup=1,
+        clock=clock,
+    )
     assert timing.a == pytest.approx([1.1, 5.0, 1.2])
     assert timing.ratio == pytest.approx(1.2)
     assert timing.spread == (pytest.approx(1.1), pytest.approx(5.0))
@@ -58,8 +63,12 @@ def test_paired_ratio_is_the_median_of_per_repetition_ratios():
 def test_best_batch_size_picks_highest_throughput():
     clock = FakeClock()
     seconds_per_call = {4: 1.0, 8: 0.5, 16: 0.25, 32: 0.4}
-    best, throughput = best_batch_size(lambda size: setattr(clock, "now", clock.now + seconds_per_call[size]),
-                                       [4, 8, 16, 32], total_rows=32, clock=clock)
+    best, throughput = best_batch_size(
+        lambda size: setattr(clock, "now", clock.now + seconds_per_call[size]),
+        [4, 8, 16, 32],
+        total_rows=32,
+        clock=clock,
+    )
     assert best == 16
     assert throughput[16] == pytest.approx(128.0)
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 
 from ..tiny import build_tiny_pipeline
-from .scenes import all_scenes, random_scene, render_scene
+from .scenes import ATTRIBUTES, COLORS, POSITIONS, SHAPES, SIZES, all_scenes, parse_prompt, random_scene, render_scene
 
 
 def render_corpus(size: int, image_size: int = 32, seed: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -63,6 +63,13 @@ def _cosine_lr(step: int, total: int, warmup: int) -> float:
 def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, learning_rate: float, kl_weight: float, seed: int, log):
     """Train `vae` in place on reconstruction. Returns the final (smoothed) reconstruction MSE in [-1, 1] units."""
     generator = torch.Generator().manual_seed(seed)
+    if vae.quant_conv is not None:
+        # Start with a near-deterministic posterior (std ~0.05): the random init's std ~1 drowns the signal and
+        # stalls the first hundreds of steps.
+        with torch.no_grad():
+            channels = vae.config.latent_channels
+            vae.quant_conv.weight[channels:].mul_(0.01)
+            vae.quant_conv.bias[channels:].fill_(-6.0)
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_lr(s, steps, steps // 20 + 1))
@@ -90,6 +97,43 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, learning_r
 def encode_corpus(vae, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Posterior means of the VAE for every image (unscaled)."""
     return torch.cat([vae.encode(images[i : i + batch_size]).latent_dist.mean for i in range(0, len(images), batch_size)])
+
+
+def train_text_encoder(text_encoder, tokenizer, prompts: list[str], steps: int, batch_size: int, learning_rate: float, seed: int, log):
+    """Warm-start `text_encoder` in place: predict each of the five attributes from its pooled (EOS) output.
+
+    The stand-in for a text encoder pretrained on captions (SD's CLIP): afterwards the end-of-text and padding
+    positions, which see the whole prompt through the causal attention, carry every attribute, and the UNet's
+    cross-attention learns to read them within a few hundred steps. Returns the final (smoothed) accuracy.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    vocabulary = sorted(set(prompts))
+    token_ids = tokenizer(
+        vocabulary, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    parsed = [parse_prompt(p) for p in vocabulary]
+    choices = {"size": SIZES, "color": COLORS, "shape": SHAPES, "position": POSITIONS, "background": COLORS}
+    targets = torch.tensor([[choices[a].index(attrs[a]) for a in ATTRIBUTES] for attrs in parsed])
+    hidden = text_encoder.config.hidden_size
+    heads = torch.nn.ModuleList(torch.nn.Linear(hidden, len(choices[a])) for a in ATTRIBUTES)
+    parameters = list(text_encoder.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+    text_encoder.train()
+    running = None
+    for step in range(steps):
+        rows = torch.randint(len(vocabulary), (batch_size,), generator=generator)
+        pooled = text_encoder(token_ids[rows]).pooler_output
+        logits = [head(pooled) for head in heads]
+        loss = sum(F.cross_entropy(l, targets[rows, i]) for i, l in enumerate(logits))
+        accuracy = torch.stack([(l.argmax(-1) == targets[rows, i]) for i, l in enumerate(logits)]).float().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running = accuracy.item() if running is None else 0.9 * running + 0.1 * accuracy.item()
+        if log is not None and (step + 1) % max(1, steps // 5) == 0:
+            log(f"text encoder step {step + 1}/{steps} attribute accuracy {running:.3f}")
+    text_encoder.eval()
+    return running
 
 
 def train_denoiser(

@@ -136,6 +136,15 @@ def get_peft_config(model_args: DiffusionModelConfig):
     )
 
 
+def apply_model_init_kwargs(model_args: DiffusionModelConfig, training_args) -> None:
+    """Pipeline loading options go through `training_args.model_init_kwargs`, as in TRL's scripts (config wins)."""
+    model_init_kwargs = {"revision": model_args.model_revision, "variant": model_args.variant}
+    if model_args.dtype is not None:
+        model_init_kwargs["torch_dtype"] = model_args.dtype
+    model_init_kwargs.update(training_args.model_init_kwargs or {})
+    training_args.model_init_kwargs = model_init_kwargs
+
+
 def load_preference_dataset(script_args: ScriptArguments):
     """The `DatasetDict` (or `Dataset`) named by `dataset_name`: a `save_to_disk` directory, or `load_dataset`."""
     from datasets import load_dataset, load_from_disk
@@ -218,12 +227,7 @@ def main(script_args: ScriptArguments, training_args, model_args: DiffusionModel
             )
         eval_dataset = dataset[script_args.dataset_test_split]
 
-    # Pipeline loading options go through `model_init_kwargs`, as in TRL's scripts (config values win).
-    model_init_kwargs = {"revision": model_args.model_revision, "variant": model_args.variant}
-    if model_args.dtype is not None:
-        model_init_kwargs["torch_dtype"] = model_args.dtype
-    model_init_kwargs.update(training_args.model_init_kwargs or {})
-    training_args.model_init_kwargs = model_init_kwargs
+    apply_model_init_kwargs(model_args, training_args)
 
     trainer = DiffusionDPOTrainer(
         model=model,

@@ -10,7 +10,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from .diffusion_dpo import DiffusionModelConfig, get_peft_config, load_preference_dataset
+from .diffusion_dpo import DiffusionModelConfig, apply_model_init_kwargs, get_peft_config, load_preference_dataset
 
 
 logger = logging.getLogger(__name__)
@@ -103,11 +103,7 @@ def main(script_args: SAILScriptArguments, training_args, model_args: DiffusionM
     if script_args.eval_prompts_file is not None:
         training_args.eval_prompts = _read_lines(script_args.eval_prompts_file)
 
-    model_init_kwargs = {"revision": model_args.model_revision, "variant": model_args.variant}
-    if model_args.dtype is not None:
-        model_init_kwargs["torch_dtype"] = model_args.dtype
-    model_init_kwargs.update(training_args.model_init_kwargs or {})
-    training_args.model_init_kwargs = model_init_kwargs
+    apply_model_init_kwargs(model_args, training_args)
 
     trainer = SAILTrainer(
         model_args.model_name_or_path,
@@ -128,7 +124,9 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
 
     dataclass_types = (SAILScriptArguments, SAILConfig, DiffusionModelConfig)
     if subparsers is not None:
-        return subparsers.add_parser("sail", help="Align a text-to-image model with SAIL", dataclass_types=dataclass_types)
+        return subparsers.add_parser(
+            "sail", help="Align a text-to-image model with SAIL", dataclass_types=dataclass_types
+        )
     return TrlParser(dataclass_types, prog=prog)
 
 
