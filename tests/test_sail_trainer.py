@@ -344,3 +344,23 @@ def test_eval_scorers_run_after_every_round_and_reach_the_model_card(pipeline_pa
 def test_eval_scorers_without_eval_prompts_are_refused(tmp_path):
     with pytest.raises(ValueError, match="set eval_prompts"):
         SAILConfig(str(tmp_path), eval_scorers=["pickscore"])
+
+
+def test_external_judge_drives_the_loop_and_self_pairs_are_pushed_as_a_dataset(pipeline_path, tmp_path):
+    """A callable judge (the online-DPO baseline) replaces the implicit one; preferences go to a dataset repo."""
+    judge = PlantedJudge()
+    args = sail_run.sail_config(
+        str(tmp_path / "out"), num_rounds=1, prompts_per_round=3, max_steps=1, self_round_max_steps=1,
+        push_preferences_to_hub=True,
+    )
+    hub = LocalHubApi(str(tmp_path / "hub"))
+    trainer = SAILTrainer(
+        pipeline_path, args, sail_run.seed_dataset(), prompt_dataset=sail_run.PROMPTS, judge=judge, hub_api=hub
+    )
+    summaries = trainer.train()
+    assert summaries[1]["judge"] == "external" and len(judge.calls) == 3
+    planted = dict(judge.calls)
+    prefs = load_from_disk(hub.local_path("me/sail-test-preferences", "round-1", repo_type="dataset"))
+    for row in prefs:
+        assert row["chosen_reward"] == pytest.approx(max(planted[row["prompt"]]))
+        assert row["rejected_reward"] == pytest.approx(min(planted[row["prompt"]]))
