@@ -1,7 +1,7 @@
 """Speed and memory of Diffusion-DPO and SAIL, each figure a ratio against what it is bounded by.
 
-    python benchmarks/run.py                 # CPU, ~10 minutes on 2 cores
-    python benchmarks/run.py --quick         # CPU, ~2 minutes
+    python benchmarks/run.py                 # CPU, ~5 minutes on 2 cores (1 thread)
+    python benchmarks/run.py --quick         # CPU, ~1.5 minutes
     python benchmarks/run.py --device cuda   # SD1.5-size models with random weights (see benchmarks/gpu_check.sh)
 
 Rows (see docs/benchmarks.md for what each bound means):
@@ -61,7 +61,7 @@ SETTINGS = {
         memory_repeats=2,
         sail_prompts=4,
         sail_candidates=4,
-        sail_steps=4,
+        sail_steps=2,
         sail_draws=2,
         sail_prompts_per_batch=2,
         cache_pairs=4,
@@ -91,7 +91,7 @@ SETTINGS = {
     "cuda": dict(
         preset="sd15",
         memory_preset="sd15",
-        repeats=7,
+        repeats=5,
         batch_pairs=2,
         score_prompts=2,
         score_candidates=8,
@@ -142,7 +142,8 @@ def row_dpo(cfg, device, tk, bf16) -> list[Row]:
         inputs = first_batch(trainer)
         for checkpointing in (False, True):
             set_gradient_checkpointing(trainer, checkpointing)
-            name = f"DPO step / plain step, {'LoRA' if lora else 'full'}{' + grad. checkpointing' if checkpointing else ''}"
+            variant = ("LoRA" if lora else "full") + (" + grad. checkpointing" if checkpointing else "")
+            name = f"DPO step / plain step, {variant}"
             log(f"{name} ...")
             timing = paired_timing(
                 lambda t=trainer, i=inputs: dpo_step(t, i),
@@ -166,7 +167,7 @@ def row_dpo(cfg, device, tk, bf16) -> list[Row]:
     return rows
 
 
-def row_scoring(cfg, device, tk) -> list[Row]:
+def row_scoring(cfg, device, tk, precision_info: bool = False) -> list[Row]:
     from benchmarks.models import build_pipeline
     from trl_sail.models import TextToImageModel
     from trl_sail.scorer import ImplicitDiffusionRewardScorer
@@ -207,7 +208,7 @@ def row_scoring(cfg, device, tk) -> list[Row]:
         lambda: scorer.score_latents(latents, prompts), lambda: bare_forwards(best), cfg["repeats"], **tk
     )
     sweep = ", ".join(f"{s}: {v:.1f}" for s, v in throughput.items())
-    return [
+    rows = [
         Row(
             f"scoring N={n} x K={k} / 2KN bare UNet forwards",
             timing.ratio,
@@ -216,6 +217,24 @@ def row_scoring(cfg, device, tk) -> list[Row]:
             f"P={p} prompts, batch {best} (images/s {sweep}); {timing.median_a:.3f}s vs {timing.median_b:.3f}s",
         )
     ]
+    if precision_info:
+        # Information for docs/scaling.md: the scorer runs the UNet in its float32 weights.
+        def bf16_forwards():
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+                bare_forwards(best)
+
+        precision = paired_timing(lambda: bare_forwards(best), bf16_forwards, cfg["repeats"], **tk)
+        rows.append(
+            Row(
+                "bare UNet forwards float32 / bf16 autocast (info)",
+                precision.ratio,
+                "information",
+                None,
+                f"batch {best}; {rows_per_model * 2 / precision.median_a:.1f} vs "
+                f"{rows_per_model * 2 / precision.median_b:.1f} images/s",
+            )
+        )
+    return rows
 
 
 def row_generation(cfg, device, tk) -> list[Row]:
@@ -249,7 +268,8 @@ def row_generation(cfg, device, tk) -> list[Row]:
             timing.ratio,
             "<= 1.05",
             1.05,
-            f"P={p}, N={n}, {steps} steps, CFG; same latents: {same}; {timing.median_a:.3f}s vs {timing.median_b:.3f}s",
+            f"P={p}, N={n}, {steps} steps, CFG; same latents: {same}; "
+            f"{timing.median_a:.3f}s vs {timing.median_b:.3f}s",
         )
     ]
 
@@ -440,7 +460,7 @@ def main(argv=None) -> list[Row]:
         if name == "dpo":
             results += row_dpo(cfg, device, tk, bf16)
         elif name == "scoring":
-            results += row_scoring(cfg, device, tk)
+            results += row_scoring(cfg, device, tk, precision_info=device.startswith("cuda"))
         elif name == "generation":
             results += row_generation(cfg, device, tk)
         elif name == "memory":

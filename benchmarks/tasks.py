@@ -52,6 +52,7 @@ def lora_dpo(device: str, preset: str, batch_pairs: int, steps: int, bf16: bool 
         pipeline, lora=True, pairs=batch_pairs, batch_pairs=batch_pairs, device=device, bf16=bf16, cache=False
     )
     inputs = first_batch(trainer)
+    loss = None
     for _ in range(steps):
         loss = dpo_step(trainer, inputs)
     return {"unet_parameters": _count(pipeline.unet), "loss": loss}
@@ -77,6 +78,7 @@ def lora_plain(device: str, preset: str, batch_pairs: int, steps: int, bf16: boo
     optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-6)
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
     generator = torch.Generator().manual_seed(0)
+    loss = torch.tensor(float("nan"))
     for _ in range(steps):
         latents = t2i.encode_images(torch.cat([inputs["chosen_pixel_values"], inputs["rejected_pixel_values"]]))
         hidden, pooled = t2i.encode_prompts(inputs["prompt"])

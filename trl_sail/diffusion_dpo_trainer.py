@@ -307,7 +307,9 @@ class DiffusionDPOTrainer(Trainer):
         )
         scheduler = self.t2i.noise_scheduler
         policy = denoising_errors(unet, scheduler, latents, noise, timesteps, conditioning)
-        with torch.no_grad(), self.reference.active() as reference_unet:
+        # accelerate puts autocast on the trained model's forward only: a separate frozen reference UNet must get the
+        # same mixed precision explicitly, or it runs in float32 (slower, and not the policy's numerics).
+        with torch.no_grad(), self.accelerator.autocast(), self.reference.active() as reference_unet:
             reference = denoising_errors(reference_unet, scheduler, latents, noise, timesteps, conditioning)
         return policy.chunk(2), reference.chunk(2)
 

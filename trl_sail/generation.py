@@ -104,17 +104,28 @@ class CandidateGenerator:
         resolution = self.settings.resolution
         original_unet = self.pipeline.unet
         self.pipeline.unet = self.generator_unet
+        # Frozen parts loaded in half precision (`torch_dtype`) and a float32 trained UNet: the pipeline would feed
+        # half-precision embeddings and latents into float32 weights and fail. Run the UNet under autocast to the
+        # frozen dtype instead, as mixed-precision training does.
+        unet_parameter = next(self.generator_unet.parameters())
+        frozen_dtype = self.pipeline.text_encoder.dtype
+        autocast = torch.autocast(
+            unet_parameter.device.type,
+            dtype=frozen_dtype,
+            enabled=frozen_dtype in (torch.float16, torch.bfloat16) and frozen_dtype != unet_parameter.dtype,
+        )
         try:
-            latents = self.pipeline(
-                list(prompts),
-                num_images_per_prompt=n,
-                num_inference_steps=self.settings.num_inference_steps,
-                guidance_scale=self.settings.guidance_scale,
-                height=resolution,
-                width=resolution,
-                generator=generators,
-                output_type="latent",
-            ).images
+            with autocast:
+                latents = self.pipeline(
+                    list(prompts),
+                    num_images_per_prompt=n,
+                    num_inference_steps=self.settings.num_inference_steps,
+                    guidance_scale=self.settings.guidance_scale,
+                    height=resolution,
+                    width=resolution,
+                    generator=generators,
+                    output_type="latent",
+                ).images
         finally:
             self.pipeline.unet = original_unet
         return latents.float().cpu().view(len(prompts), n, *latents.shape[1:])
@@ -222,14 +233,18 @@ def _read_bytes(directory: str, name: str) -> bytes:
 def records_to_dataset(directory: str, prompt_ids: list[int]):
     """The round's self pairs as a `datasets.Dataset` (TRL-like schema + rewards and p), in prompt-id order.
 
-    Rows are written to Arrow files under `directory/dataset/` one small batch at a time, with the images embedded as
+    Rows are written to one Arrow file under `directory/dataset/` a small batch at a time, with the images embedded as
     PNG bytes (not paths, so the dataset does not depend on the work directory), and memory-mapped back: memory does
-    not grow with the number of prompts.
+    not grow with the number of prompts. Every process of a multi-process round calls this at the same time: the
+    first one (under a file lock) writes the file, the others, and later calls on the same records, open it. The
+    file's name holds a hash of the records, so a rerun whose records changed writes a new one.
     """
-    import shutil
+    import hashlib
 
     from datasets import Dataset, Features, Value
     from datasets import Image as ImageFeature
+    from datasets.arrow_writer import ArrowWriter
+    from filelock import FileLock
 
     records = read_records(directory)
     missing = [pid for pid in prompt_ids if pid not in records]
@@ -261,8 +276,21 @@ def records_to_dataset(directory: str, prompt_ids: list[int]):
                 "diversity": record["diversity"],
             }
 
-    cache_dir = os.path.join(directory, "dataset")
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    return Dataset.from_generator(
-        rows, features=features, cache_dir=cache_dir, writer_batch_size=64, keep_in_memory=False
-    )
+    key = hashlib.sha1(json.dumps([records[pid] for pid in prompt_ids], sort_keys=True).encode()).hexdigest()[:16]
+    dataset_dir = os.path.join(directory, "dataset")
+    os.makedirs(dataset_dir, exist_ok=True)
+    path = os.path.join(dataset_dir, f"pairs-{key}.arrow")
+    # One writer at a time and one copy on disk, however many processes ask (a copy per process would multiply a
+    # 20K-prompt round's ~15 GB of embedded images by the number of GPUs).
+    with FileLock(os.path.join(directory, "dataset.lock")):
+        if not os.path.isfile(path):
+            # Files of earlier records, or a write cut short (a process may still map one: unlinking is safe).
+            for name in os.listdir(dataset_dir):
+                os.remove(os.path.join(dataset_dir, name))
+            partial = path + ".partial"
+            with ArrowWriter(features=features, path=partial, writer_batch_size=64) as writer:
+                for row in rows():
+                    writer.write(features.encode_example(row))
+                writer.finalize()
+            os.replace(partial, path)
+    return Dataset.from_file(path)

@@ -16,7 +16,7 @@ follow Bradley-Terry: with probability `tie_rate` the pair is a tie, otherwise i
 """
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image
@@ -59,7 +59,7 @@ def _as_array(image) -> np.ndarray:
     return np.clip(image.astype(np.float64), 0.0, 1.0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _reference_geometry(image_size: int) -> dict:
     """Areas (pixels) and centroids of every canonical (shape, size, position) rendered at `image_size`."""
     areas, centroids = {}, {}
@@ -129,16 +129,26 @@ class SimulatedHuman:
         image = _as_array(image)
         size = image.shape[0]
         geometry = _reference_geometry(size)
-        background = np.asarray(PALETTE[wanted["background"]])
 
-        # Per-pixel palette memberships, and how background-like each pixel is.
+        # Per-pixel palette memberships (a softmax over the palette colours' distances).
         distances = ((image[:, :, None, :] - _PALETTE[None, None]) ** 2).sum(-1)  # [H, W, colours]
-        background_likeness = np.exp(-((image - background) ** 2).sum(-1) / (2 * _COLOR_SIGMA**2))
         membership = np.exp(-(distances - distances.min(-1, keepdims=True)) / (2 * _COLOR_SIGMA**2))
         membership /= membership.sum(-1, keepdims=True)
 
+        # The background as seen: the median colour of the 2-pixel border (robust to a shape touching the border and to
+        # specks). It must be the requested colour and cover most of the image.
+        border = np.ones((size, size), dtype=bool)
+        border[2:-2, 2:-2] = False
+        background = np.median(image[border], axis=0)
+        background_distances = ((background - _PALETTE) ** 2).sum(-1)
+        background_membership = _softmax(-background_distances / (2 * _COLOR_SIGMA**2))
+        background_likeness = np.exp(-((image - background) ** 2).sum(-1) / (2 * _COLOR_SIGMA**2))
+
         details = dict.fromkeys(COMPONENTS, 0.0)
-        details["background"] = float(np.clip((background_likeness.mean() - 0.3) / 0.4, 0.0, 1.0))
+        requested_background = background_membership[COLORS.index(wanted["background"])]
+        details["background"] = float(
+            requested_background * np.clip((background_likeness.mean() - 0.3) / 0.4, 0.0, 1.0)
+        )
 
         blob = self._largest_blob(background_likeness < 0.5)
         if blob is not None:
@@ -169,16 +179,16 @@ class SimulatedHuman:
 
             details["shape"] = self._shape_probability(coverage, area, centroid, wanted["shape"], size, geometry)
 
-            # Taste. vivid: the shape's interior is a pure palette colour, not washed out.
-            nearest = np.sqrt(distances.min(-1))
-            details["vivid"] = float(np.clip(1.0 - np.median(nearest[core]) / 0.35, 0.0, 1.0))
+            # Taste. vivid: the shape's interior and the background are pure palette colours, not washed out.
+            shape_purity = np.median(np.sqrt(distances.min(-1))[core])
+            background_purity = np.sqrt(background_distances.min())
+            details["vivid"] = float(np.clip(1.0 - (shape_purity + background_purity) / 2 / 0.4, 0.0, 1.0))
             # clean: little non-background mass away from the shape.
             clutter = ((1.0 - background_likeness) * ~near).sum() * (32 / size) ** 2
             details["clean"] = float(np.exp(-clutter / 10.0))
             # sharp: few pixels half-way between the shape's colour and the background, per unit of perimeter.
             mixed = ((along > 0.2) & (along < 0.8) & near).sum()
             perimeter = 2.0 * np.sqrt(np.pi * coverage.sum())
-            details["sharp_ratio"] = float(mixed / perimeter)
             details["sharp"] = float(np.clip(1.0 - (mixed / perimeter - _SHARP_CLEAN) / _SHARP_RANGE, 0.0, 1.0))
 
         details["alignment"] = float(np.mean([details[name] for name in ATTRIBUTES]))

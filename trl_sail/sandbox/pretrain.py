@@ -60,7 +60,9 @@ def _cosine_lr(step: int, total: int, warmup: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, learning_rate: float, kl_weight: float, seed: int, log):
+def train_vae(
+    vae, images: torch.Tensor, steps: int, batch_size: int, learning_rate: float, kl_weight: float, seed: int, log
+):
     """Train `vae` in place on reconstruction. Returns the final (smoothed) reconstruction MSE in [-1, 1] units."""
     generator = torch.Generator().manual_seed(seed)
     if vae.quant_conv is not None:
@@ -96,10 +98,14 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, learning_r
 @torch.no_grad()
 def encode_corpus(vae, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Posterior means of the VAE for every image (unscaled)."""
-    return torch.cat([vae.encode(images[i : i + batch_size]).latent_dist.mean for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [vae.encode(images[i : i + batch_size]).latent_dist.mean for i in range(0, len(images), batch_size)]
+    )
 
 
-def train_text_encoder(text_encoder, tokenizer, prompts: list[str], steps: int, batch_size: int, learning_rate: float, seed: int, log):
+def train_text_encoder(
+    text_encoder, tokenizer, prompts: list[str], steps: int, batch_size: int, learning_rate: float, seed: int, log
+):
     """Warm-start `text_encoder` in place: predict each of the five attributes from its pooled (EOS) output.
 
     The stand-in for a text encoder pretrained on captions (SD's CLIP): afterwards the end-of-text and padding
@@ -124,8 +130,9 @@ def train_text_encoder(text_encoder, tokenizer, prompts: list[str], steps: int, 
         rows = torch.randint(len(vocabulary), (batch_size,), generator=generator)
         pooled = text_encoder(token_ids[rows]).pooler_output
         logits = [head(pooled) for head in heads]
-        loss = sum(F.cross_entropy(l, targets[rows, i]) for i, l in enumerate(logits))
-        accuracy = torch.stack([(l.argmax(-1) == targets[rows, i]) for i, l in enumerate(logits)]).float().mean()
+        loss = sum(F.cross_entropy(logit, targets[rows, i]) for i, logit in enumerate(logits))
+        correct = [logit.argmax(-1) == targets[rows, i] for i, logit in enumerate(logits)]
+        accuracy = torch.stack(correct).float().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -244,6 +251,19 @@ def pretrain_pipeline(directory: str, config, log: Callable[[str], None] | None 
     timings["vae_s"] = time.perf_counter() - begin
 
     begin = time.perf_counter()
+    text_accuracy = train_text_encoder(
+        pipeline.text_encoder,
+        pipeline.tokenizer,
+        prompts,
+        steps=config.text_steps,
+        batch_size=config.text_batch_size,
+        learning_rate=config.text_learning_rate,
+        seed=config.seed + 2,
+        log=log,
+    )
+    timings["text_encoder_s"] = time.perf_counter() - begin
+
+    begin = time.perf_counter()
     denoiser_loss = train_denoiser(
         pipeline.unet,
         pipeline.text_encoder,
@@ -256,7 +276,7 @@ def pretrain_pipeline(directory: str, config, log: Callable[[str], None] | None 
         learning_rate=config.unet_learning_rate,
         empty_prompt_rate=config.empty_prompt_rate,
         ema_decay=config.ema_decay,
-        seed=config.seed + 2,
+        seed=config.seed + 3,
         log=log,
     )
     timings["denoiser_s"] = time.perf_counter() - begin
@@ -268,6 +288,7 @@ def pretrain_pipeline(directory: str, config, log: Callable[[str], None] | None 
         "timings": {key: round(value, 1) for key, value in timings.items()},
         "vae_reconstruction_mse": vae_mse,
         "vae_scaling_factor": scaling_factor,
+        "text_encoder_attribute_accuracy": text_accuracy,
         "denoiser_loss": denoiser_loss,
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -24,6 +24,7 @@ def generate_images(
     seeds: Sequence[int],
     num_inference_steps: int = 20,
     guidance_scale: float = 3.0,
+    eta: float = 0.0,
     batch_size: int = 64,
 ) -> np.ndarray:
     """Sample one image per `(prompts[i], seeds[i])` with DDIM (eta 0), deterministic given the seed.
@@ -44,7 +45,9 @@ def generate_images(
         `np.ndarray`: `uint8` images of shape `[len(prompts), H, W, 3]`.
     """
     if len(prompts) != len(seeds):
-        raise ValueError(f"generate_images needs one seed per prompt, got {len(prompts)} prompts and {len(seeds)} seeds.")
+        raise ValueError(
+            f"generate_images needs one seed per prompt, got {len(prompts)} prompts and {len(seeds)} seeds."
+        )
     pipeline = load_pipeline(pipeline_or_path)
     original_scheduler = pipeline.scheduler
     pipeline.scheduler = DDIMScheduler.from_config(original_scheduler.config)
@@ -57,6 +60,7 @@ def generate_images(
                 batch_prompts,
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
+                eta=eta,
                 generator=generators,
                 output_type="np",
             )

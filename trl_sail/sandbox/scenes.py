@@ -2,7 +2,7 @@
 
 A scene is one coloured shape on a plain background, e.g. the prompt `"a small red circle at left on blue"`. Five
 attributes are named by the prompt (size, colour, shape, position, background) and four *style* nuisances are not
-(colour fading, blur, clutter specks, a little jitter of position and scale). The pretraining corpus renders random
+(a washed-out image, blur, clutter specks, a little jitter of position and scale). The pretraining corpus renders random
 scenes with random style, so the pretrained model samples every style for a prompt: that variation is what the
 simulated human's taste (and preference optimization) acts on.
 
@@ -37,9 +37,7 @@ GREY = (0.5, 0.5, 0.5)
 ANCHORS = {"left": (0.28, 0.5), "right": (0.72, 0.5), "top": (0.5, 0.28), "bottom": (0.5, 0.72), "center": (0.5, 0.5)}
 EXTENTS = {"small": 0.25, "big": 0.47}
 
-_PROMPT_RE = re.compile(
-    r"^a (?P<size>\w+) (?P<color>\w+) (?P<shape>\w+) at (?P<position>\w+) on (?P<background>\w+)$"
-)
+_PROMPT_RE = re.compile(r"^a (?P<size>\w+) (?P<color>\w+) (?P<shape>\w+) at (?P<position>\w+) on (?P<background>\w+)$")
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,8 @@ class Scene:
         dx (`float`, defaults to `0.0`), dy (`float`, defaults to `0.0`):
             jitter of the shape's centre, in pixels of a 32-pixel image.
         scale (`float`, defaults to `1.0`): jitter of the shape's extent (multiplier).
-        fade (`float`, defaults to `0.0`): 0 is the pure palette colour, 1 is grey (a washed-out shape).
+        wash (`float`, defaults to `0.0`): how washed out the whole image is: 0 keeps the pure palette colours, 1 is
+            flat grey.
         blur (`float`, defaults to `0.0`): Gaussian blur sigma in pixels of a 32-pixel image.
         clutter (`tuple`, defaults to `()`): specks `(x, y, side, color)` in [0, 1] image units, drawn under the shape.
     """
@@ -68,7 +67,7 @@ class Scene:
     dx: float = 0.0
     dy: float = 0.0
     scale: float = 1.0
-    fade: float = 0.0
+    wash: float = 0.0
     blur: float = 0.0
     clutter: tuple = field(default_factory=tuple)
 
@@ -138,8 +137,8 @@ def all_prompts() -> list[str]:
 def random_scene(rng: np.random.Generator, attributes: dict[str, str] | None = None, style: bool = True) -> Scene:
     """A scene with random attributes (or the given ones) and, if `style`, random style nuisances.
 
-    The style distribution is the pretraining corpus's: about half the shapes are washed out (fade up to 0.6),
-    half are blurred (sigma up to 1.2 px), half have 1-3 clutter specks, and all are jittered by up to 1.5 px and 10%
+    The style distribution is the pretraining corpus's: about half the images are washed out (toward grey, by up to
+    0.6), half are blurred (sigma up to 1.2 px), half have 1-3 clutter specks, and all are jittered by up to 1.5 px and 10%
     in size.
     """
     if attributes is None:
@@ -154,7 +153,7 @@ def random_scene(rng: np.random.Generator, attributes: dict[str, str] | None = N
     scene = Scene(**attributes)
     if not style:
         return scene
-    fade = rng.uniform(0.0, 0.6) if rng.random() < 0.5 else rng.uniform(0.0, 0.08)
+    wash = rng.uniform(0.0, 0.6) if rng.random() < 0.5 else rng.uniform(0.0, 0.08)
     blur = rng.uniform(0.4, 1.2) if rng.random() < 0.5 else 0.0
     n_specks = rng.choice(4, p=(0.5, 0.2, 0.2, 0.1))
     speck_colors = [c for c in COLORS if c != scene.background]
@@ -172,7 +171,7 @@ def random_scene(rng: np.random.Generator, attributes: dict[str, str] | None = N
         dx=float(rng.uniform(-1.5, 1.5)),
         dy=float(rng.uniform(-1.5, 1.5)),
         scale=float(rng.uniform(0.9, 1.1)),
-        fade=float(fade),
+        wash=float(wash),
         blur=float(blur),
         clutter=clutter,
     )
@@ -220,10 +219,10 @@ def render_scene(scene: Scene, image_size: int = 32) -> np.ndarray:
     for x, y, side, color in scene.clutter:
         speck = shape_coverage("square", (x * image_size, y * image_size), side * image_size / 0.88, image_size)
         image += speck[..., None] * (np.asarray(PALETTE[color]) - image)
-    color = (1 - scene.fade) * np.asarray(PALETTE[scene.color]) + scene.fade * np.asarray(GREY)
     center, extent = scene_geometry(scene, image_size)
     coverage = shape_coverage(scene.shape, center, extent, image_size)
-    image += coverage[..., None] * (color - image)
+    image += coverage[..., None] * (np.asarray(PALETTE[scene.color]) - image)
+    image = (1 - scene.wash) * image + scene.wash * np.asarray(GREY)
     if scene.blur > 0:
         sigma = scene.blur * image_size / 32
         image = gaussian_filter(image, sigma=(sigma, sigma, 0), mode="nearest")
