@@ -645,3 +645,29 @@ def test_low_precision_frozen_parts_keep_a_float32_unet(tiny_sd15_path, make_pai
     assert first_log(trainer)["loss"] == pytest.approx(math.log(2), abs=1e-3)
     # Sampling mixes the bf16 text encoder with the float32 UNet.
     assert (tmp_path / "validation" / "step_000001_final.png").is_file()
+
+
+def test_frozen_reference_runs_in_the_training_mixed_precision(tiny_sd15_path, make_pair_dataset, tmp_path):
+    """accelerate autocasts only the trained model: the separate frozen reference must run in bf16 too."""
+    args = DiffusionDPOConfig(
+        str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=1, bf16=True, use_cpu=True, report_to=[],
+        save_strategy="no",
+    )
+    trainer = DiffusionDPOTrainer(tiny_sd15_path, args=args, train_dataset=make_pair_dataset(4))
+    assert trainer.reference.unet is not trainer.policy.unet
+    dtypes = {}
+
+    def recorder(name):
+        def hook(module, inputs, output):
+            dtypes.setdefault(name, output.dtype)
+
+        return hook
+
+    hooks = [
+        view.unet.conv_in.register_forward_hook(recorder(name))
+        for name, view in (("policy", trainer.policy), ("reference", trainer.reference))
+    ]
+    trainer.train()
+    for hook in hooks:
+        hook.remove()
+    assert dtypes == {"policy": torch.bfloat16, "reference": torch.bfloat16}
