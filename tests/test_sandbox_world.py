@@ -104,12 +104,12 @@ def test_human_taste_prefers_vivid_clean_sharp():
     rng = np.random.default_rng(0)
     for scene in [Scene("big", "red", "circle", "left", "white"), Scene("small", "blue", "triangle", "top", "yellow")]:
         clean = human.score_details(render_scene(scene), scene.prompt)
-        faded = human.score_details(render_scene(replace(scene, fade=0.5)), scene.prompt)
+        washed = human.score_details(render_scene(replace(scene, wash=0.5)), scene.prompt)
         blurred = human.score_details(render_scene(replace(scene, blur=1.2)), scene.prompt)
         speck = ((0.1, 0.9, 3 / 32, "black"), (0.9, 0.1, 3 / 32, "green"))
         cluttered = human.score_details(render_scene(replace(scene, clutter=speck)), scene.prompt)
         assert min(clean["vivid"], clean["clean"], clean["sharp"]) > 0.9
-        assert faded["vivid"] < clean["vivid"] - 0.5 and faded["score"] < clean["score"]
+        assert washed["vivid"] < clean["vivid"] - 0.5 and washed["score"] < clean["score"]
         assert blurred["sharp"] < clean["sharp"] - 0.5 and blurred["score"] < clean["score"]
         assert cluttered["clean"] < clean["clean"] - 0.5 and cluttered["score"] < clean["score"]
     # Random style spreads the scores of one prompt.
@@ -225,9 +225,14 @@ def test_generation_is_deterministic_per_prompt_and_seed(sandbox_test_world):
     path = sandbox_test_world.pipeline_path
     prompts = sandbox_test_world.eval_prompts[:3]
     first = generate_images(path, prompts, [7, 8, 9], num_inference_steps=5)
-    again = generate_images(path, prompts[1:], [8, 9], num_inference_steps=5, batch_size=1)
     assert first.shape == (3, 32, 32, 3) and first.dtype == np.uint8
-    np.testing.assert_array_equal(first[1:], again)
+    np.testing.assert_array_equal(first, generate_images(path, prompts, [7, 8, 9], num_inference_steps=5))
+    # Another batch gives the same images up to float rounding (GEMM blocking depends on the batch size).
+    alone = generate_images(path, prompts[1:], [8, 9], num_inference_steps=5, batch_size=1)
+    difference = np.abs(first[1:].astype(int) - alone.astype(int))
+    assert difference.max() <= 2 and (difference > 0).mean() < 0.01
+    other_seed = generate_images(path, prompts[:1], [10], num_inference_steps=5)
+    assert np.abs(other_seed[0].astype(int) - first[0].astype(int)).mean() > 1
 
 
 def test_test_world_base_model_follows_prompts(sandbox_test_world):

@@ -138,7 +138,7 @@ def evaluate_pipeline(
     human: SimulatedHuman | None = None,
     baseline=None,
     num_inference_steps: int = 20,
-    guidance_scale: float = 3.0,
+    guidance_scale: float = 1.5,
     batch_size: int = 64,
     output_path: str | None = None,
     keep_images: bool = False,
@@ -153,7 +153,7 @@ def evaluate_pipeline(
         baseline (`SandboxEvaluation`, `DiffusionPipeline` or `str`, *optional*):
             what to compare against, sample by sample (same prompts and seeds): an earlier evaluation, or a pipeline
             that is evaluated here with the same settings. Adds the paired win rate and score gain to the summary.
-        num_inference_steps (`int`, defaults to `20`), guidance_scale (`float`, defaults to `3.0`),
+        num_inference_steps (`int`, defaults to `20`), guidance_scale (`float`, defaults to `1.5`),
         batch_size (`int`, defaults to `64`): sampling settings, see `generate_images`.
         output_path (`str`, *optional*): if given, `save` the evaluation to `<output_path>.json` / `.csv`.
         keep_images (`bool`, defaults to `False`): keep the `uint8` images on the result (`.images`).

@@ -16,27 +16,24 @@ The report (`output_dir/report.md`) is recomputed from `output_dir/scores.json` 
 every arm) by `compute_table`, so every number can be checked.
 """
 
-import io
 import json
-import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from .evaluate import _mean_and_se
 
 
 @dataclass
 class ExperimentSettings:
-    """Frozen settings of the sandbox experiment (docs/sandbox.md records them with the results)."""
+    """Frozen settings of the sandbox experiment (docs/sandbox.md records them with the results). The world (base
+    model, simulated human, splits, sampling) is set by the sandbox world's own configuration."""
 
     world: str = "default"
     seed: int = 0
-    num_seed_pairs: int = 96
-    full_multiplier: int = 16
-    num_eval_prompts: int = 96
-    eval_seeds: tuple[int, ...] = (1000, 1001)
     num_rounds: int = 3
     prompts_per_round: int = 96
     num_candidates: int = 8
@@ -46,33 +43,14 @@ class ExperimentSettings:
     batch_size: int = 16
     learning_rate: float = 2e-5
     beta: float = 5000.0
-    sampling_steps: int = 20
-    guidance_scale: float = 3.0
-    extra_round: bool = False
-    arms_extra: tuple[str, ...] = field(default=())
 
 
 TEST_SETTINGS = dict(
-    num_seed_pairs=32,
-    num_eval_prompts=48,
-    prompts_per_round=32,
-    phase_steps=30,
-    num_candidates=4,
-    num_reward_draws=4,
-    num_rounds=2,
-    sampling_steps=10,
-    batch_size=8,
+    prompts_per_round=32, phase_steps=30, num_candidates=4, num_reward_draws=4, num_rounds=2, batch_size=8
 )
 
 
 # ----------------------------------------------------------------------------------------------------- statistics
-def mean_and_se(values) -> tuple[float, float]:
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()) if len(values) else float("nan"), float("nan")
-    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
-
-
 def compute_table(scores: dict) -> list[dict]:
     """The report's rows from `scores.json`: per arm, mean human score and win rate vs base, each +- SE over prompts.
 
@@ -85,8 +63,8 @@ def compute_table(scores: dict) -> list[dict]:
     for arm, entry in scores.items():
         values = np.asarray(entry["scores"], dtype=np.float64)
         wins = (values > base) + 0.5 * (values == base)
-        score, score_se = mean_and_se(values.mean(axis=1))
-        win, win_se = mean_and_se(wins.mean(axis=1))
+        score, score_se = _mean_and_se(values.mean(axis=1))
+        win, win_se = _mean_and_se(wins.mean(axis=1))
         rows.append(
             {
                 "arm": arm,
@@ -114,81 +92,6 @@ def table_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------------------------------- the world
-def _jpeg(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def make_splits(settings: ExperimentSettings) -> dict[str, list[str]]:
-    """Disjoint prompt sets: evaluation, the self-round pool, and the prompts of the labeled pairs."""
-    from .scenes import all_prompts
-
-    prompts = all_prompts()
-    order = np.random.default_rng(settings.seed).permutation(len(prompts))
-    shuffled = [prompts[i] for i in order]
-    rounds = settings.num_rounds + 1  # room for the fourth round of the extras
-    n_eval, n_pool = settings.num_eval_prompts, rounds * settings.prompts_per_round
-    splits = {
-        "eval": shuffled[:n_eval],
-        "pool": shuffled[n_eval : n_eval + n_pool],
-        "pairs": shuffled[n_eval + n_pool :],
-    }
-    if not splits["pairs"]:
-        raise ValueError(
-            "The sandbox has too few prompts for these settings: lower num_eval_prompts or prompts_per_round."
-        )
-    return splits
-
-
-def build_preference_data(pipeline, human, prompts: list[str], num_pairs: int, seed: int, settings):
-    """Pick-a-Pic-schema pairs: two base-model samples of a prompt, labelled by the simulated human (BT noise, ties)."""
-    from datasets import Dataset
-
-    from .sampling import generate_images
-
-    rng = np.random.default_rng(seed)
-    pair_prompts = [prompts[i] for i in rng.integers(0, len(prompts), num_pairs)]
-    seeds = rng.integers(0, 2**31 - 1, (num_pairs, 2))
-    images = generate_images(
-        pipeline,
-        pair_prompts * 2,
-        list(seeds[:, 0]) + list(seeds[:, 1]),
-        settings.sampling_steps,
-        settings.guidance_scale,
-    )
-    first, second = images[:num_pairs], images[num_pairs:]
-    score_0 = human.score_batch(first, pair_prompts)
-    score_1 = human.score_batch(second, pair_prompts)
-    label_0, label_1 = human.label_pairs(score_0, score_1, rng)
-    return Dataset.from_dict(
-        {
-            "caption": pair_prompts,
-            "jpg_0": [_jpeg(a) for a in first],
-            "jpg_1": [_jpeg(a) for a in second],
-            "label_0": label_0.tolist(),
-            "label_1": label_1.tolist(),
-        }
-    )
-
-
-def evaluate_arm(pipeline_or_path, human, prompts: list[str], settings) -> tuple[list[list[float]], np.ndarray]:
-    """Human scores `[prompt][seed]` of an arm's images for the eval prompts, and the images."""
-    from .sampling import generate_images
-
-    seeds = settings.eval_seeds
-    flat_prompts = [p for p in prompts for _ in seeds]
-    flat_seeds = [s for _ in prompts for s in seeds]
-    images = generate_images(
-        pipeline_or_path, flat_prompts, flat_seeds, settings.sampling_steps, settings.guidance_scale
-    )
-    scores = human.score_batch(images, flat_prompts).reshape(len(prompts), len(seeds))
-    return scores.tolist(), images
-
-
 # ----------------------------------------------------------------------------------------------------- arms
 def _dpo_config(output_dir: str, settings: ExperimentSettings, max_steps: int, **extra):
     from ..diffusion_dpo_config import DiffusionDPOConfig
@@ -213,7 +116,7 @@ def _training_values(settings: ExperimentSettings, max_steps: int) -> dict:
     )
 
 
-def _sail_config(output_dir: str, settings: ExperimentSettings, eval_prompts, **overrides):
+def _sail_config(output_dir: str, settings: ExperimentSettings, world, **overrides):
     from ..sail_config import SAILConfig
 
     values = dict(
@@ -222,14 +125,14 @@ def _sail_config(output_dir: str, settings: ExperimentSettings, eval_prompts, **
         prompts_per_round=[settings.prompts_per_round],
         num_candidates=settings.num_candidates,
         num_reward_draws=settings.num_reward_draws,
-        sampling_num_inference_steps=settings.sampling_steps,
-        sampling_guidance_scale=settings.guidance_scale,
+        sampling_num_inference_steps=world.config.num_inference_steps,
+        sampling_guidance_scale=world.config.guidance_scale,
         sampling_scheduler="ddim",
         generation_batch_size=16,
         scoring_batch_size=256,
         mixup_alpha=settings.mixup_alpha,
         self_round_max_steps=settings.phase_steps,
-        eval_prompts=list(eval_prompts),
+        eval_prompts=list(world.eval_prompts),
     )
     values.update(overrides)
     return SAILConfig(output_dir, **values)
@@ -239,18 +142,18 @@ class Experiment:
     """Runs the arms, caches each arm's result on disk (a rerun continues), and writes the report."""
 
     def __init__(self, output_dir: str, settings: ExperimentSettings, log=print):
-        from . import get_sandbox_pipeline
-        from .human import SimulatedHuman
+        from .world import SandboxWorld
 
         self.output_dir = output_dir
         self.settings = settings
         self.log = log
         os.makedirs(output_dir, exist_ok=True)
-        t = time.time()
-        self.base_path = get_sandbox_pipeline(settings.world)
-        self.timings = {"base model (cached or pretrained)": time.time() - t}
-        self.human = SimulatedHuman()
-        self.splits = make_splits(settings)
+        self.timings = {}
+        self.world = SandboxWorld(settings.world, log=log)
+        with self.phase("base model (pretrained once, then cached)"):
+            self.base_path = self.world.pipeline_path
+        with self.phase("human-labelled preference data (sampled once, then cached)"):
+            self.data = self.world.splits()
         self.scores_path = os.path.join(output_dir, "scores.json")
         self.scores = json.load(open(self.scores_path)) if os.path.isfile(self.scores_path) else {}
 
@@ -269,29 +172,27 @@ class Experiment:
 
         return _Timer()
 
-    def record(self, arm: str, method: str, labeled_pairs: int, pipeline_or_path, lora_base=None) -> None:
+    def record(self, arm: str, method: str, labeled_pairs: int, pipeline_or_path) -> None:
+        """Evaluate an arm on the held-out prompts and seeds; its per-sample scores go to `scores/<arm>.json`."""
         if arm in self.scores:
             return
-        from diffusers import DiffusionPipeline
-
-        if lora_base is not None:
-            pipeline = DiffusionPipeline.from_pretrained(lora_base)
-            pipeline.load_lora_weights(pipeline_or_path)
-            pipeline_or_path = pipeline
         with self.phase(f"evaluate {arm}"):
-            scores, images = evaluate_arm(pipeline_or_path, self.human, self.splits["eval"], self.settings)
-        self.scores[arm] = {"method": method, "labeled_pairs": labeled_pairs, "scores": scores}
-        self._save_grid(arm, images)
+            evaluation = self.world.evaluate(pipeline_or_path, keep_images=True)
+        evaluation.save(os.path.join(self.output_dir, "scores", arm))
+        self.scores[arm] = {"method": method, "labeled_pairs": labeled_pairs, "scores": evaluation.scores.tolist()}
+        self._save_grid(arm, evaluation.images)
         tmp = self.scores_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.scores, f)
         os.replace(tmp, self.scores_path)
 
-    def _save_grid(self, arm: str, images: np.ndarray, prompts_shown: int = 8) -> None:
+    def _save_grid(self, arm: str, images, prompts_shown: int = 8) -> None:
+        if images is None:
+            return
         from PIL import Image
 
-        seeds = len(self.settings.eval_seeds)
-        images = images[: prompts_shown * seeds]
+        seeds = len(self.world.eval_seeds)
+        images = np.asarray(images)[: prompts_shown * seeds]
         h, w = images.shape[1:3]
         grid = Image.new("RGB", (seeds * w, prompts_shown * h))
         for k, image in enumerate(images):
@@ -301,41 +202,21 @@ class Experiment:
             os.path.join(self.output_dir, "samples", f"{arm}.png")
         )
 
-    def data(self):
-        """(seed set, full set): the seed set is the first 1/16 of the full set, as a subsample of the same data."""
-        from datasets import load_from_disk
-
-        path = os.path.join(self.output_dir, "data", "full")
-        if not os.path.isdir(path):
-            s = self.settings
-            with self.phase("label the preference data (simulated human)"):
-                full = build_preference_data(
-                    self.base_path, self.human, self.splits["pairs"], s.num_seed_pairs * s.full_multiplier, s.seed, s
-                )
-                full.save_to_disk(path + ".tmp")
-                os.replace(path + ".tmp", path)
-        full = load_from_disk(path)
-        return full.select(range(self.settings.num_seed_pairs)), full
-
     def run(self, extras: bool = False) -> dict:
         from ..diffusion_dpo_trainer import DiffusionDPOTrainer
         from ..sail_trainer import SAILTrainer
 
-        s = self.settings
-        seed_set, full_set = self.data()
+        s, data = self.settings, self.data
         self.record("base", "pretrained", 0, self.base_path)
 
         sail_dir = os.path.join(self.output_dir, "sail")
         with self.phase("SAIL (round 0 = Diffusion-DPO on the seed set, then self rounds)"):
             SAILTrainer(
-                self.base_path,
-                _sail_config(sail_dir, s, self.splits["eval"]),
-                seed_set,
-                prompt_dataset=self.splits["pool"],
+                self.base_path, _sail_config(sail_dir, s, self.world), data.seed, prompt_dataset=data.pool_prompts
             ).train()
-        self.record("dpo-6%", "Diffusion-DPO", len(seed_set), os.path.join(sail_dir, "round_0"))
+        self.record("dpo-6%", "Diffusion-DPO", len(data.seed), os.path.join(sail_dir, "round_0"))
         for i in range(1, s.num_rounds + 1):
-            self.record(f"sail-r{i}", "SAIL", len(seed_set), os.path.join(sail_dir, f"round_{i}"))
+            self.record(f"sail-r{i}", "SAIL", len(data.seed), os.path.join(sail_dir, f"round_{i}"))
 
         full_dir = os.path.join(self.output_dir, "dpo_full")
         if not os.path.isfile(os.path.join(full_dir, "model_index.json")):
@@ -343,16 +224,16 @@ class Experiment:
                 trainer = DiffusionDPOTrainer(
                     self.base_path,
                     args=_dpo_config(full_dir, s, (1 + s.num_rounds) * s.phase_steps),
-                    train_dataset=full_set,
+                    train_dataset=data.full,
                 )
                 trainer.train(resume_from_checkpoint=_last_checkpoint(full_dir))
                 trainer.save_model()
-        self.record("dpo-100%", "Diffusion-DPO", len(full_set), full_dir)
+        self.record("dpo-100%", "Diffusion-DPO", len(data.full), full_dir)
         if extras:
-            self.run_extras(seed_set, full_set, sail_dir, full_dir)
+            self.run_extras(sail_dir, full_dir)
         return self.report()
 
-    def _sail_variant(self, name: str, seed_set, overrides: dict, judge=None, from_anchor: bool = True) -> str:
+    def _sail_variant(self, name: str, overrides: dict, judge=None, from_anchor: bool = True) -> str:
         """A SAIL run that reuses the main run's round 0 (copied: a finished round is loaded, not retrained)."""
         from ..sail_trainer import SAILTrainer
 
@@ -362,15 +243,15 @@ class Experiment:
         with self.phase(name):
             SAILTrainer(
                 self.base_path,
-                _sail_config(directory, self.settings, self.splits["eval"], **overrides),
-                seed_set,
-                prompt_dataset=self.splits["pool"],
+                _sail_config(directory, self.settings, self.world, **overrides),
+                self.data.seed,
+                prompt_dataset=self.data.pool_prompts,
                 judge=judge,
             ).train()
         return directory
 
-    def run_extras(self, seed_set, full_set, sail_dir, full_dir) -> None:
-        s = self.settings
+    def run_extras(self, sail_dir, full_dir) -> None:
+        s, seed_set, full_set = self.settings, self.data.seed, self.data.full
         last = f"round_{s.num_rounds}"
         variants = {
             "ablation-no-mixup": ("SAIL, no mixup (alpha=1)", {"mixup_alpha": 1.0}),
@@ -379,9 +260,9 @@ class Experiment:
             "ablation-judge-cumulative": ("SAIL, cumulative judge", {"judge": "cumulative"}),
         }
         for name, (method, overrides) in variants.items():
-            directory = self._sail_variant(name, seed_set, overrides)
+            directory = self._sail_variant(name, overrides)
             self.record(name, method, len(seed_set), os.path.join(directory, last))
-        online = self._sail_variant("online-dpo", seed_set, {}, judge=self._human_judge())
+        online = self._sail_variant("online-dpo", {}, judge=self._human_judge())
         self.record(
             "online-dpo",
             "online DPO (simulated human judges every self pair)",
@@ -394,9 +275,9 @@ class Experiment:
 
             SAILTrainer(
                 full_dir,
-                _sail_config(star, s, self.splits["eval"], start_from_aligned=True, judge_base_model=self.base_path),
+                _sail_config(star, s, self.world, start_from_aligned=True, judge_base_model=self.base_path),
                 seed_set,
-                prompt_dataset=self.splits["pool"],
+                prompt_dataset=self.data.pool_prompts,
             ).train()
         self.record("sail-star", "SAIL* (SAIL on top of DPO-100%)", len(full_set), os.path.join(star, last))
         with self.phase("SAIL round 4"):
@@ -404,16 +285,16 @@ class Experiment:
 
             SAILTrainer(
                 self.base_path,
-                _sail_config(sail_dir, s, self.splits["eval"], num_rounds=s.num_rounds + 1),
+                _sail_config(sail_dir, s, self.world, num_rounds=s.num_rounds + 1),
                 seed_set,
-                prompt_dataset=self.splits["pool"],
+                prompt_dataset=self.data.pool_prompts,
             ).train()
         self.record(
             f"sail-r{s.num_rounds + 1}", "SAIL", len(seed_set), os.path.join(sail_dir, f"round_{s.num_rounds + 1}")
         )
 
     def _human_judge(self):
-        human = self.human
+        human = self.world.human
 
         def judge(images, prompts):
             return human.score_batch([np.asarray(image) for image in images], prompts).tolist()
@@ -430,16 +311,18 @@ class Experiment:
 
 Settings: `{json.dumps(asdict(self.settings))}`
 
-Human score: the simulated human's mean score (0-10) of the held-out prompts' images, {len(self.settings.eval_seeds)}
+World: `{json.dumps(self.world.config.to_dict(), default=list)}`
+
+Human score: the simulated human's mean score (0-10) of the held-out prompts' images, {len(self.world.eval_seeds)}
 seeds per prompt; win rate: the fraction of (prompt, seed) images scored above the base model's image for the same
-prompt and seed (ties 1/2). Standard errors over the {len(self.splits["eval"])} prompts. Recompute with
+prompt and seed (ties 1/2). Standard errors over the {len(self.world.eval_prompts)} prompts. Recompute with
 `trl_sail.sandbox.experiment.compute_table(json.load(open("scores.json")))`.
 
 {table}
 
 ![score by round](score_by_round.png)
 
-Sample grids (8 prompts x {len(self.settings.eval_seeds)} seeds) are in `samples/`.
+Sample grids (8 prompts x {len(self.world.eval_seeds)} seeds) are in `samples/`.
 
 | phase | seconds |
 |---|---|

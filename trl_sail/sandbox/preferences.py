@@ -52,7 +52,7 @@ def build_preference_dataset(
     seed: int,
     human: SimulatedHuman | None = None,
     num_inference_steps: int = 20,
-    guidance_scale: float = 3.0,
+    guidance_scale: float = 1.5,
     batch_size: int = 64,
     jpeg_quality: int = 95,
 ) -> Dataset:
@@ -67,7 +67,7 @@ def build_preference_dataset(
         prompts (`Sequence[str]`): sandbox prompts, one per pair.
         seed (`int`): seeds the image seeds and the labels; the same arguments give the same dataset.
         human (`SimulatedHuman`, *optional*): the annotator; a default `SimulatedHuman()` if not given.
-        num_inference_steps (`int`, defaults to `20`), guidance_scale (`float`, defaults to `3.0`),
+        num_inference_steps (`int`, defaults to `20`), guidance_scale (`float`, defaults to `1.5`),
         batch_size (`int`, defaults to `64`): sampling settings, see `generate_images`.
         jpeg_quality (`int`, defaults to `95`): JPEG quality of the stored images.
 

@@ -30,7 +30,7 @@ from datasets import Dataset, load_from_disk
 from .evaluate import SandboxEvaluation, evaluate_pipeline
 from .human import SimulatedHuman
 from .preferences import build_preference_dataset
-from .pretrain import pretrain_pipeline
+from .pretrain import bundled_vae_digest, pretrain_pipeline
 from .scenes import all_prompts
 
 
@@ -51,12 +51,13 @@ _PRETRAINING_FIELDS = (
     "vae_batch_size",
     "vae_learning_rate",
     "vae_kl_weight",
-    "text_steps",
-    "text_batch_size",
-    "text_learning_rate",
+    "text_pretrain_steps",
+    "text_pretrain_batch_size",
+    "text_pretrain_learning_rate",
     "unet_steps",
     "unet_batch_size",
     "unet_learning_rate",
+    "text_encoder_learning_rate",
     "empty_prompt_rate",
     "ema_decay",
     "seed",
@@ -76,11 +77,15 @@ class SandboxWorldConfig:
         unet_block_out_channels (`tuple[int, ...]`, defaults to `(32, 64, 64)`): UNet widths, one per resolution.
         text_hidden_size (`int`, defaults to `32`): width of the CLIP text encoder.
         corpus_size (`int`, defaults to `20000`): rendered images in the pretraining corpus.
-        vae_steps (`int`), vae_batch_size (`int`), vae_learning_rate (`float`), vae_kl_weight (`float`):
-            VAE reconstruction training.
-        text_steps (`int`), text_batch_size (`int`), text_learning_rate (`float`):
+        vae_steps (`int`, defaults to `0`): `0` uses the VAE shipped with the package (pretrained once on this corpus,
+            see `pretrain.BUNDLED_VAE_SETTINGS`); more trains the world's own VAE for that many steps, with
+            vae_batch_size (`int`, defaults to `4`), vae_learning_rate (`float`, defaults to `1e-3`) and
+            vae_kl_weight (`float`, defaults to `1e-6`).
+        text_pretrain_steps (`int`, defaults to `300`), text_pretrain_batch_size (`int`, defaults to `128`),
+        text_pretrain_learning_rate (`float`, defaults to `3e-3`):
             text-encoder warm start (predicting the prompt's attributes from its pooled output).
-        unet_steps (`int`), unet_batch_size (`int`), unet_learning_rate (`float`):
+        unet_steps (`int`, defaults to `1500`), unet_batch_size (`int`, defaults to `64`),
+        unet_learning_rate (`float`, defaults to `2e-3`), text_encoder_learning_rate (`float`, defaults to `2e-4`):
             joint text encoder + UNet denoising training.
         empty_prompt_rate (`float`, defaults to `0.1`): prompts replaced by `""` during denoising training (for CFG).
         ema_decay (`float`, defaults to `0.995`): EMA of the denoiser's weights (the EMA weights are saved).
@@ -89,7 +94,8 @@ class SandboxWorldConfig:
         > Parameters that control sampling (pair images and evaluation)
 
         num_inference_steps (`int`, defaults to `20`): DDIM steps.
-        guidance_scale (`float`, defaults to `3.0`): classifier-free guidance scale.
+        guidance_scale (`float`, defaults to `1.5`): classifier-free guidance scale. Low on purpose: stronger guidance
+            collapses the base model's style variation (what preferences act on) for little gain in alignment.
 
         > Parameters that control the simulated human
 
@@ -112,21 +118,22 @@ class SandboxWorldConfig:
     unet_block_out_channels: tuple[int, ...] = (32, 64, 64)
     text_hidden_size: int = 32
     corpus_size: int = 20000
-    vae_steps: int = 2000
-    vae_batch_size: int = 8
+    vae_steps: int = 0
+    vae_batch_size: int = 4
     vae_learning_rate: float = 1e-3
     vae_kl_weight: float = 1e-6
-    text_steps: int = 300
-    text_batch_size: int = 128
-    text_learning_rate: float = 3e-3
-    unet_steps: int = 2000
+    text_pretrain_steps: int = 300
+    text_pretrain_batch_size: int = 128
+    text_pretrain_learning_rate: float = 3e-3
+    unet_steps: int = 1500
     unet_batch_size: int = 64
     unet_learning_rate: float = 2e-3
+    text_encoder_learning_rate: float = 2e-4
     empty_prompt_rate: float = 0.1
     ema_decay: float = 0.995
     seed: int = 0
     num_inference_steps: int = 20
-    guidance_scale: float = 3.0
+    guidance_scale: float = 1.5
     alignment_weight: float = 0.6
     temperature: float = 0.5
     tie_rate: float = 0.1
@@ -151,6 +158,8 @@ class SandboxWorldConfig:
     def pretraining_hash(self) -> str:
         """Hash of the settings that determine the base model (and the sandbox version)."""
         settings = {name: getattr(self, name) for name in _PRETRAINING_FIELDS}
+        if self.vae_steps == 0:
+            settings["bundled_vae"] = bundled_vae_digest()
         return _hash({"version": SANDBOX_VERSION, **settings})
 
     @property
@@ -172,10 +181,11 @@ WORLDS = {
     "default": SandboxWorldConfig(name="default"),
     "test": SandboxWorldConfig(
         name="test",
-        corpus_size=4000,
-        vae_steps=600,
-        text_steps=200,
-        unet_steps=500,
+        unet_block_out_channels=(32, 64),
+        corpus_size=3000,
+        text_pretrain_steps=200,
+        unet_steps=600,
+        unet_learning_rate=3e-3,
         num_eval_prompts=32,
         eval_seeds=(0, 1),
         num_pool_prompts=128,
@@ -228,6 +238,7 @@ def _build_atomically(target: str, build) -> str:
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
     temporary = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
     try:
+        os.chmod(temporary, 0o755)  # mkdtemp makes it private
         build(temporary)
         os.rename(temporary, target)
     except BaseException:
@@ -306,8 +317,8 @@ class SandboxWorld:
             temperature=self.config.temperature,
             tie_rate=self.config.tie_rate,
         )
-        order = np.random.default_rng([self.config.split_seed, 0]).permutation(len(all_prompts()))
-        prompts = [all_prompts()[i] for i in order]
+        prompts = all_prompts()
+        prompts = [prompts[i] for i in np.random.default_rng([self.config.split_seed, 0]).permutation(len(prompts))]
         n_eval, n_pool = self.config.num_eval_prompts, self.config.num_pool_prompts
         self.eval_prompts = prompts[:n_eval]
         self.pool_prompts = prompts[n_eval : n_eval + n_pool]
