@@ -17,6 +17,10 @@ from PIL import Image
 from trl_sail.tiny import build_tiny_pipeline
 
 
+# The sandbox's "test" world (pretrained once per machine, cached), kept in its own module.
+from sandbox_fixtures import sandbox_test_world  # noqa: E402, F401
+
+
 # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads spin against each other
 # (measured here: one training step 4x slower with 2 threads than with 1). Override with TRL_SAIL_TEST_THREADS.
 torch.set_num_threads(int(os.environ.get("TRL_SAIL_TEST_THREADS", "1")))

@@ -26,6 +26,7 @@ from trl_sail.sandbox import (
     evaluate_pipeline,
     generate_images,
     get_sandbox_pipeline,
+    make_grid,
     parse_prompt,
     random_scene,
     render_scene,
@@ -34,8 +35,6 @@ from trl_sail.sandbox import world as world_module
 from trl_sail.tiny import write_char_tokenizer
 
 
-# The session fixture `sandbox_test_world` (tests/sandbox_fixtures.py); harmless once conftest.py imports it too.
-pytest_plugins = ["sandbox_fixtures"]
 
 VALUES = {"size": SIZES, "color": COLORS, "shape": SHAPES, "position": POSITIONS, "background": COLORS}
 
@@ -233,6 +232,7 @@ def test_generation_is_deterministic_per_prompt_and_seed(sandbox_test_world):
     assert difference.max() <= 2 and (difference > 0).mean() < 0.01
     other_seed = generate_images(path, prompts[:1], [10], num_inference_steps=5)
     assert np.abs(other_seed[0].astype(int) - first[0].astype(int)).mean() > 1
+    assert make_grid(first, columns=2, scale=2, padding=2).size == (2 * (2 + 2 * 34), 2 * (2 + 2 * 34))
 
 
 def test_test_world_base_model_follows_prompts(sandbox_test_world):

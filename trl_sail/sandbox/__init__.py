@@ -15,7 +15,7 @@ from .evaluate import SandboxEvaluation, evaluate_pipeline
 from .human import SimulatedHuman
 from .preferences import build_preference_dataset, decode_jpeg, encode_jpeg
 from .pretrain import pretrain_pipeline
-from .sampling import generate_images, load_pipeline
+from .sampling import generate_images, load_pipeline, make_grid
 from .scenes import (
     ATTRIBUTES,
     COLORS,
@@ -69,6 +69,7 @@ __all__ = [
     "get_sandbox_pipeline",
     "get_world_config",
     "load_pipeline",
+    "make_grid",
     "make_splits",
     "parse_prompt",
     "pretrain_pipeline",

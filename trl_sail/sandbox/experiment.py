@@ -17,6 +17,7 @@ every arm) by `compute_table`, so every number can be checked.
 """
 
 import json
+import math
 import os
 import shutil
 import time
@@ -41,13 +42,11 @@ class ExperimentSettings:
     mixup_alpha: float = 0.25
     phase_steps: int = 60
     batch_size: int = 16
-    learning_rate: float = 2e-5
+    learning_rate: float = 5e-5
     beta: float = 5000.0
 
 
-TEST_SETTINGS = dict(
-    prompts_per_round=32, phase_steps=30, num_candidates=4, num_reward_draws=4, num_rounds=2, batch_size=8
-)
+TEST_SETTINGS = dict(prompts_per_round=32, num_candidates=4, num_reward_draws=4)
 
 
 # ----------------------------------------------------------------------------------------------------- statistics
@@ -302,9 +301,45 @@ class Experiment:
         return judge
 
     # ------------------------------------------------------------------------------------------------- report
+    def judge_agreement(self) -> list[dict]:
+        """Per SAIL round: how often the simulated human also prefers the image the implicit judge chose."""
+        from datasets import load_from_disk
+
+        rows = []
+        for i in range(1, 100):
+            path = os.path.join(self.output_dir, "sail", f"round_{i}", "preferences")
+            if not os.path.isdir(path):
+                break
+            pairs = load_from_disk(path)
+            human = self.world.human
+            chosen = human.score_batch([np.asarray(image) for image in pairs["chosen"]], pairs["prompt"])
+            rejected = human.score_batch([np.asarray(image) for image in pairs["rejected"]], pairs["prompt"])
+            agree = (chosen > rejected).astype(np.float64)
+            rows.append(
+                {
+                    "round": i,
+                    "pairs": len(agree),
+                    "agreement": float(agree.mean()),
+                    "agreement_se": float(agree.std(ddof=1) / math.sqrt(len(agree))),
+                    "human_score_gap": float((chosen - rejected).mean()),
+                }
+            )
+        return rows
+
     def report(self) -> dict:
         rows = compute_table(self.scores)
         table = table_markdown(rows)
+        judge_rows = self.judge_agreement()
+        judge_table = "\n".join(
+            [
+                "| round | self pairs | human agrees with the judge (± SE) | human score chosen - rejected |",
+                "|---|---|---|---|",
+            ]
+            + [
+                f"| {r['round']} | {r['pairs']} | {r['agreement']:.3f} ± {r['agreement_se']:.3f} | {r['human_score_gap']:+.3f} |"
+                for r in judge_rows
+            ]
+        )
         self._plot(rows)
         timing_lines = "\n".join(f"| {name} | {seconds:.1f} |" for name, seconds in self.timings.items())
         text = f"""# Sandbox experiment
@@ -322,6 +357,10 @@ prompt and seed (ties 1/2). Standard errors over the {len(self.world.eval_prompt
 
 ![score by round](score_by_round.png)
 
+How good the implicit judge's labels are, measured with the simulated human on each round's self pairs:
+
+{judge_table}
+
 Sample grids (8 prompts x {len(self.world.eval_seeds)} seeds) are in `samples/`.
 
 | phase | seconds |
@@ -332,7 +371,7 @@ Sample grids (8 prompts x {len(self.world.eval_seeds)} seeds) are in `samples/`.
             f.write(text)
         self.log(table)
         self.log(f"[sandbox] report written to {os.path.join(self.output_dir, 'report.md')}")
-        return {"rows": rows, "timings": self.timings, "output_dir": self.output_dir}
+        return {"rows": rows, "judge": judge_rows, "timings": self.timings, "output_dir": self.output_dir}
 
     def _plot(self, rows: list[dict]) -> None:
         import matplotlib

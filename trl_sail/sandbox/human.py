@@ -2,13 +2,13 @@
 
 `SimulatedHuman.score(image, prompt)` reads the image's pixels against the parsed prompt:
 
-- **alignment** (mean of five probabilities in [0, 1]): the background has the requested colour, the largest
-  non-background blob has the requested colour, size (area against the renderer's small/big areas), position
-  (centroid against the renderer's anchors) and shape (IoU with circle/square/triangle templates of the blob's area
-  and centroid);
-- **taste** (mean of three numbers in [0, 1]) that no prompt mentions: *vivid* (the shape's colour is a pure palette
-  colour, not washed out), *clean* (no clutter specks or smudges on the background), *sharp* (a thin edge between
-  shape and background, not a blur).
+- **alignment** (mean of five probabilities in [0, 1]): the background (the median colour of the image border) is the
+  requested colour and covers most of the image; the largest blob that differs from it has the requested colour,
+  size (area against the renderer's small/big areas), position (centroid against the renderer's anchors) and shape
+  (soft IoU with circle/square/triangle templates of the blob's area and centroid);
+- **taste** (mean of three numbers in [0, 1]) that no prompt mentions: *vivid* (the shape and the background are pure
+  palette colours, not washed out toward grey), *clean* (no specks or smudges on the background away from the shape),
+  *sharp* (few half-way pixels between shape and background per unit of perimeter: a crisp edge, not a blur).
 
 The score is `10 * (alignment_weight * alignment + (1 - alignment_weight) * taste)`, in [0, 10]. Labels of a pair
 follow Bradley-Terry: with probability `tie_rate` the pair is a tie, otherwise image 0 wins with probability
@@ -92,7 +92,7 @@ class SimulatedHuman:
     Parameters:
         alignment_weight (`float`, defaults to `0.6`):
             Weight of prompt alignment in the score; the rest goes to taste (vivid, clean, sharp).
-        temperature (`float`, defaults to `1.0`):
+        temperature (`float`, defaults to `0.5`):
             Bradley-Terry temperature on the 0-10 score scale: image 0 wins with probability
             `sigmoid((s_0 - s_1) / temperature)`. Lower is a more consistent annotator.
         tie_rate (`float`, defaults to `0.1`):
@@ -100,7 +100,7 @@ class SimulatedHuman:
     """
 
     alignment_weight: float = 0.6
-    temperature: float = 1.0
+    temperature: float = 0.5
     tie_rate: float = 0.1
 
     def __post_init__(self):
@@ -151,6 +151,8 @@ class SimulatedHuman:
         )
 
         blob = self._largest_blob(background_likeness < 0.5)
+        if blob is not None and blob.sum() < 2:
+            blob = None  # a stray pixel is no shape
         if blob is not None:
             # The shape's colour from its interior, then each pixel's coverage by the shape: its projection on the
             # background -> shape-colour axis (1 inside, 0 on the background, in between on an edge).
@@ -161,6 +163,7 @@ class SimulatedHuman:
             near = binary_dilation(blob, iterations=2)
             along = ((image - background) @ axis) / max(float(axis @ axis), 1e-6)
             coverage = np.clip(along, 0.0, 1.0) * near
+            coverage = coverage if coverage.sum() > 1e-6 else blob.astype(np.float64)
             area = coverage.sum() / size**2
             ys, xs = (np.mgrid[0:size, 0:size] + 0.5) / size
             centroid = np.array([(coverage * xs).sum(), (coverage * ys).sum()]) / coverage.sum()

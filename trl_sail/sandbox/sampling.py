@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline
+from PIL import Image
 
 
 def load_pipeline(pipeline_or_path) -> DiffusionPipeline:
@@ -70,3 +71,16 @@ def generate_images(
     if not chunks:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
     return np.concatenate(chunks)
+
+
+def make_grid(images: np.ndarray, columns: int = 8, scale: int = 3, padding: int = 2) -> Image.Image:
+    """Tile `uint8 [N, H, W, 3]` images into one PIL image (row-major), upscaled `scale` times without smoothing."""
+    images = np.asarray(images)
+    count, height, width, _ = images.shape
+    rows = -(-count // columns)
+    grid = np.zeros((rows * (height + padding) + padding, columns * (width + padding) + padding, 3), dtype=np.uint8)
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        top, left = padding + row * (height + padding), padding + column * (width + padding)
+        grid[top : top + height, left : left + width] = image
+    return Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
