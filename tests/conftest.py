@@ -14,11 +14,10 @@ from datasets import Dataset
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from trl_sail.tiny import build_tiny_pipeline
-
-
 # The sandbox's "test" world (pretrained once per machine, cached), kept in its own module.
 from sandbox_fixtures import sandbox_test_world  # noqa: E402, F401
+
+from trl_sail.tiny import build_tiny_pipeline
 
 
 # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads spin against each other

@@ -650,7 +650,12 @@ def test_low_precision_frozen_parts_keep_a_float32_unet(tiny_sd15_path, make_pai
 def test_frozen_reference_runs_in_the_training_mixed_precision(tiny_sd15_path, make_pair_dataset, tmp_path):
     """accelerate autocasts only the trained model: the separate frozen reference must run in bf16 too."""
     args = DiffusionDPOConfig(
-        str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=1, bf16=True, use_cpu=True, report_to=[],
+        str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        bf16=True,
+        use_cpu=True,
+        report_to=[],
         save_strategy="no",
     )
     trainer = DiffusionDPOTrainer(tiny_sd15_path, args=args, train_dataset=make_pair_dataset(4))

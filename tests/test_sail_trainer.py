@@ -350,7 +350,11 @@ def test_external_judge_drives_the_loop_and_self_pairs_are_pushed_as_a_dataset(p
     """A callable judge (the online-DPO baseline) replaces the implicit one; preferences go to a dataset repo."""
     judge = PlantedJudge()
     args = sail_run.sail_config(
-        str(tmp_path / "out"), num_rounds=1, prompts_per_round=3, max_steps=1, self_round_max_steps=1,
+        str(tmp_path / "out"),
+        num_rounds=1,
+        prompts_per_round=3,
+        max_steps=1,
+        self_round_max_steps=1,
         push_preferences_to_hub=True,
     )
     hub = LocalHubApi(str(tmp_path / "hub"))

@@ -35,7 +35,6 @@ from trl_sail.sandbox import world as world_module
 from trl_sail.tiny import write_char_tokenizer
 
 
-
 VALUES = {"size": SIZES, "color": COLORS, "shape": SHAPES, "position": POSITIONS, "background": COLORS}
 
 

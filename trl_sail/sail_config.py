@@ -114,7 +114,9 @@ class SAILConfig(DiffusionDPOConfig):
     collapse_diversity_fraction: float = field(default=0.5, metadata={"help": "Warn below this x round-1 diversity."})
     push_preferences_to_hub: bool = field(default=False, metadata={"help": "Push self pairs as a dataset repo."})
     eval_scorers: list[str] | None = field(default=None, metadata={"help": "Scorers run after every round."})
-    eval_scorer_kwargs: dict[str, Any] | str | None = field(default=None, metadata={"help": "Per-scorer options (JSON)."})
+    eval_scorer_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Per-scorer options (JSON)."}
+    )
     eval_images_per_prompt: int = field(default=1, metadata={"help": "Images per evaluation prompt."})
 
     def __post_init__(self):
