@@ -5,9 +5,13 @@ import math
 import os
 import re
 
+import numpy as np
 import pytest
+from diffusers import DiffusionPipeline
+from PIL import Image
 
-from trl_sail import DiffusionDPOTrainer
+from trl_sail import DiffusionDPOTrainer, ImplicitDiffusionRewardScorer
+from trl_sail.generation import CandidateGenerator, SamplingSettings, read_records
 from trl_sail.sandbox.evaluate import SandboxEvaluation
 from trl_sail.sandbox.experiment import Experiment, ExperimentSettings, _dpo_config, compute_table
 
@@ -41,6 +45,41 @@ def test_diffusion_dpo_on_sandbox_data_raises_the_human_score(sandbox_test_world
     summary = sandbox_test_world.evaluate(full_dpo_model, baseline="base").summary()
     assert summary["score_gain"] > 3 * summary["score_gain_se"], summary
     assert summary["win_rate"] > 0.5 + 3 * summary["win_rate_se"], summary
+
+
+def judge_agreement(world, judge_path: str, directory: str, num_prompts: int = 128) -> tuple[int, int]:
+    """Generate 8 candidates per pool prompt with the judged model (DDIM, the world's sampling settings, as a SAIL
+    round does), keep the implicit judge's best and worst (judged model vs the base, K = 10), and count the pairs whose
+    chosen image the simulated human scores higher."""
+    from diffusers import DDIMScheduler
+
+    base = DiffusionPipeline.from_pretrained(world.pipeline_path)
+    base.scheduler = DDIMScheduler.from_config(base.scheduler.config)
+    base.set_progress_bar_config(disable=True)
+    judged = DiffusionPipeline.from_pretrained(judge_path)
+    scorer = ImplicitDiffusionRewardScorer(judged.unet, base.unet, base, num_draws=10, max_batch_size=512)
+    prompts = world.pool_prompts[:num_prompts]
+    settings = SamplingSettings(num_candidates=8, prompts_per_batch=32, **world.sampling_kwargs)
+    CandidateGenerator(base, judged.unet, scorer, settings, directory).run(
+        prompts, list(range(len(prompts))), show_progress=False
+    )
+    wins = 0
+    records = read_records(directory)
+    for record in records.values():
+        chosen = np.asarray(Image.open(os.path.join(directory, record["chosen_image"])))
+        rejected = np.asarray(Image.open(os.path.join(directory, record["rejected_image"])))
+        wins += world.human.score(chosen, record["prompt"]) > world.human.score(rejected, record["prompt"])
+    return wins, len(records)
+
+
+def test_round_0_judge_agrees_with_the_human(tmp_path):
+    """As in SAIL's round 1: the anchor (Diffusion-DPO on the seed set) judged against the base, on fresh prompts."""
+    from trl_sail.sandbox import SandboxWorld
+
+    world = SandboxWorld("default", log=None)
+    anchor = train_dpo(world, world.seed_dataset(), str(tmp_path / "anchor"), ExperimentSettings().phase_steps)
+    wins, trials = judge_agreement(world, anchor, str(tmp_path / "generation"))
+    assert wins / trials > 0.5 and binomial_tail(wins, trials) < 0.05, (wins, trials)
 
 
 def test_report_table_equals_recomputation_from_saved_scores(sandbox_test_world, tmp_path):
