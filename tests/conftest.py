@@ -149,3 +149,11 @@ def make_pair_dataset(tmp_path_factory):
         return dataset
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer_checkpoints(tmp_path_factory) -> dict:
+    """Tiny checkpoints of every evaluation scorer in its real file format: `build_scorers(names, scorer_kwargs=...)`."""
+    from trl_sail.evaluation.tiny import build_tiny_scorer_checkpoints
+
+    return build_tiny_scorer_checkpoints(str(tmp_path_factory.mktemp("scorers")))

@@ -29,7 +29,6 @@ from trl_sail.evaluation import (
 )
 from trl_sail.evaluation.checkpoints import load_state_dict
 from trl_sail.evaluation.scorers import DEFAULT_AESTHETIC_HEAD
-from trl_sail.evaluation.tiny import build_tiny_scorer_checkpoints
 
 
 # Published constants (OpenAI CLIP preprocessing; ImageReward's normalisation and prompt length).
@@ -40,24 +39,10 @@ ORIGINAL_AESTHETIC_HEAD = "/work/shared/data/aesthetic-v2/sac+logos+ava1-l14-lin
 PROMPTS = ["a red circle", "two blue squares, side by side", "x"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared CPU OpenMP threads contend badly.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    return build_tiny_scorer_checkpoints(str(tmp_path_factory.mktemp("scorers")))
-
-
-@pytest.fixture(scope="module")
-def scorers(checkpoints):
+def scorers(tiny_scorer_checkpoints):
     names = ["pickscore", "hpsv2", "hpsv2.1", "imagereward", "aesthetics"]
-    return build_scorers(names, scorer_kwargs=checkpoints, device="cpu", batch_size=2, show_progress=False)
+    return build_scorers(names, scorer_kwargs=tiny_scorer_checkpoints, device="cpu", batch_size=2, show_progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -225,11 +210,11 @@ def test_image_processor_matches_clip_transform_by_hand(scorers, images):
 # --- PickScore --------------------------------------------------------------------------------------------------------
 
 
-def test_pickscore_equals_formula_by_hand(scorers, checkpoints, images):
+def test_pickscore_equals_formula_by_hand(scorers, tiny_scorer_checkpoints, images):
     scores = scorers["pickscore"].score(images, PROMPTS)
     assert len(scores) == len(images) and all(np.isfinite(scores))
 
-    model = CLIPModel.from_pretrained(checkpoints["pickscore"]["model_name_or_path"]).eval()
+    model = CLIPModel.from_pretrained(tiny_scorer_checkpoints["pickscore"]["model_name_or_path"]).eval()
     tokenizer = scorers["pickscore"].tokenizer
     pixel_values = torch.stack([clip_preprocess_by_hand(image) for image in images])
     text = tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
@@ -255,8 +240,8 @@ def test_prompts_longer_than_77_tokens_are_truncated(scorers, images):
 # --- HPSv2 ------------------------------------------------------------------------------------------------------------
 
 
-def test_open_clip_conversion_renames_splits_and_transposes(checkpoints):
-    raw = load_state_dict(os.path.join(checkpoints["hpsv2"]["model_name_or_path"], "HPS_v2_compressed.pt"))
+def test_open_clip_conversion_renames_splits_and_transposes(tiny_scorer_checkpoints):
+    raw = load_state_dict(os.path.join(tiny_scorer_checkpoints["hpsv2"]["model_name_or_path"], "HPS_v2_compressed.pt"))
     converted = convert_open_clip_state_dict({"module." + k: v for k, v in raw.items()})
     width = raw["visual.class_embedding"].shape[0]
     in_proj = raw["visual.transformer.resblocks.1.attn.in_proj_weight"]
@@ -267,27 +252,27 @@ def test_open_clip_conversion_renames_splits_and_transposes(checkpoints):
     torch.testing.assert_close(converted["text_projection.weight"], raw["text_projection"].T)
     torch.testing.assert_close(converted["visual_projection.weight"], raw["visual.proj"].T)
     # Every CLIPModel parameter is produced, nothing else.
-    model_keys = set(CLIPModel(_tiny_clip_config(checkpoints)).state_dict())
+    model_keys = set(CLIPModel(_tiny_clip_config(tiny_scorer_checkpoints)).state_dict())
     assert set(converted) == model_keys
     with pytest.raises(ValueError, match="visual.attn_pool"):
         convert_open_clip_state_dict({**raw, "visual.attn_pool.query": torch.zeros(1)})
 
 
-def _tiny_clip_config(checkpoints):
+def _tiny_clip_config(tiny_scorer_checkpoints):
     from transformers import CLIPConfig
 
-    return CLIPConfig.from_pretrained(checkpoints["hpsv2"]["processor_name_or_path"])
+    return CLIPConfig.from_pretrained(tiny_scorer_checkpoints["hpsv2"]["processor_name_or_path"])
 
 
 @pytest.mark.parametrize("name, filename", [("hpsv2", "HPS_v2_compressed.pt"), ("hpsv2.1", "HPS_v2.1_compressed.pt")])
-def test_hpsv2_equals_open_clip_forward_by_hand(scorers, checkpoints, images, name, filename):
+def test_hpsv2_equals_open_clip_forward_by_hand(scorers, tiny_scorer_checkpoints, images, name, filename):
     scorer = scorers[name]
     assert scorer.version == {"hpsv2": "v2.0", "hpsv2.1": "v2.1"}[name]
     assert scorer.info["version"] == scorer.version and scorer.info["checkpoint"].endswith(filename)
     scores = scorer.score(images, PROMPTS)
     assert len(scores) == len(images) and all(np.isfinite(scores))
 
-    raw = load_state_dict(os.path.join(checkpoints[name]["model_name_or_path"], filename))
+    raw = load_state_dict(os.path.join(tiny_scorer_checkpoints[name]["model_name_or_path"], filename))
     ids = scorer.tokenizer(PROMPTS, truncation=True, max_length=77).input_ids
     tokens = torch.zeros(len(ids), 77, dtype=torch.long)  # open_clip pads with 0 to the full context
     for row, sequence in zip(tokens, ids):
@@ -305,12 +290,12 @@ def test_hpsv2_versions_load_different_checkpoints(scorers, images):
 # --- ImageReward ------------------------------------------------------------------------------------------------------
 
 
-def test_image_reward_equals_blip_forward_by_hand(scorers, checkpoints, images):
+def test_image_reward_equals_blip_forward_by_hand(scorers, tiny_scorer_checkpoints, images):
     scorer = scorers["imagereward"]
     scores = scorer.score(images, PROMPTS)
     assert len(scores) == len(images) and all(np.isfinite(scores))
 
-    raw = load_state_dict(os.path.join(checkpoints["imagereward"]["model_name_or_path"], "ImageReward.pt"))
+    raw = load_state_dict(os.path.join(tiny_scorer_checkpoints["imagereward"]["model_name_or_path"], "ImageReward.pt"))
     text = scorer.tokenizer(PROMPTS, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
     assert text.input_ids.shape == (len(PROMPTS), 35)
     assert (text.input_ids[:, 0] == scorer.tokenizer.cls_token_id).all()  # the [CLS] feature is scored
@@ -328,8 +313,8 @@ def test_image_reward_truncates_prompts_to_35_tokens(scorers, images):
     assert scorer.score(images[:1], ["abc " * 30]) != pytest.approx(scorer.score(images[:1], ["abc " * 10]))
 
 
-def test_image_reward_conversion_and_inferred_vision_shape(checkpoints, scorers):
-    raw = load_state_dict(os.path.join(checkpoints["imagereward"]["model_name_or_path"], "ImageReward.pt"))
+def test_image_reward_conversion_and_inferred_vision_shape(tiny_scorer_checkpoints, scorers):
+    raw = load_state_dict(os.path.join(tiny_scorer_checkpoints["imagereward"]["model_name_or_path"], "ImageReward.pt"))
     converted = convert_image_reward_state_dict(raw)
     assert not any("vision_proj" in k or "text_proj" in k or k.endswith("position_ids") for k in converted)
     torch.testing.assert_close(
@@ -380,10 +365,10 @@ def test_real_aesthetic_head_scores_embeddings_like_the_hand_mlp(scorers):
     torch.testing.assert_close(scorer.score_embeddings(3 * embeddings), scores, rtol=1e-5, atol=1e-5)  # L2-normalised
 
 
-def test_aesthetic_scores_of_images_equal_hand_computation(scorers, checkpoints, images):
+def test_aesthetic_scores_of_images_equal_hand_computation(scorers, tiny_scorer_checkpoints, images):
     scorer = scorers["aesthetics"]
     scores = scorer.score(images)  # no prompts needed
-    model = CLIPModel.from_pretrained(checkpoints["aesthetics"]["clip_name_or_path"]).eval()
+    model = CLIPModel.from_pretrained(tiny_scorer_checkpoints["aesthetics"]["clip_name_or_path"]).eval()
     pixel_values = torch.stack([clip_preprocess_by_hand(image) for image in images])
     with torch.no_grad():
         embeddings = model.get_image_features(pixel_values=pixel_values).pooler_output
@@ -408,10 +393,10 @@ def test_images_as_arrays_tensors_and_single_prompt(scorers, images):
         scorer.score(images)
 
 
-def test_build_scorers_names(checkpoints):
+def test_build_scorers_names(tiny_scorer_checkpoints):
     with pytest.raises(ValueError, match="Unknown scorer"):
         build_scorers(["clipscore"])
-    built = build_scorers(["HPSv2.0"], scorer_kwargs={"hpsv2": checkpoints["hpsv2"]}, device="cpu")
+    built = build_scorers(["HPSv2.0"], scorer_kwargs={"hpsv2": tiny_scorer_checkpoints["hpsv2"]}, device="cpu")
     assert list(built) == ["hpsv2"] and built["hpsv2"].version == "v2.0" and built["hpsv2"].label == "HPSv2.0"
 
 
@@ -427,18 +412,18 @@ class _Exploit:
         return "pwned"
 
 
-def test_checkpoints_never_unpickle_arbitrary_objects(tmp_path, checkpoints):
+def test_checkpoints_never_unpickle_arbitrary_objects(tmp_path, tiny_scorer_checkpoints):
     directory = tmp_path / "hps"
     directory.mkdir()
     torch.save(
         {"state_dict": {"logit_scale": torch.zeros(())}, "extra": _Exploit()}, directory / "HPS_v2_compressed.pt"
     )
     with pytest.raises(ScorerLoadingError, match="weights_only"):
-        HPSv2Scorer(str(directory), processor_name_or_path=checkpoints["hpsv2"]["processor_name_or_path"])
+        HPSv2Scorer(str(directory), processor_name_or_path=tiny_scorer_checkpoints["hpsv2"]["processor_name_or_path"])
     assert not _Exploit.triggered
 
 
-def test_missing_models_name_the_file_and_how_to_pass_a_local_path(tmp_path, checkpoints):
+def test_missing_models_name_the_file_and_how_to_pass_a_local_path(tmp_path, tiny_scorer_checkpoints):
     with pytest.raises(ScorerLoadingError, match=r"(?s)HPSv2 \(v2.1\) checkpoint.*HPS_v2.1_compressed.pt.*local"):
         HPSv2Scorer(str(tmp_path), version="v2.1")
     with pytest.raises(ScorerLoadingError, match=r"(?s)ImageReward checkpoint.*--imagereward_model"):
@@ -446,9 +431,11 @@ def test_missing_models_name_the_file_and_how_to_pass_a_local_path(tmp_path, che
     with pytest.raises(
         ScorerLoadingError, match=r"(?s)PickScore model was not found.*/nonexistent/pickscore.*model_name_or_path"
     ):
-        PickScoreScorer("/nonexistent/pickscore", checkpoints["pickscore"]["processor_name_or_path"])
+        PickScoreScorer("/nonexistent/pickscore", tiny_scorer_checkpoints["pickscore"]["processor_name_or_path"])
     with pytest.raises(ScorerLoadingError, match="aesthetic head"):
-        AestheticScorer(checkpoints["aesthetics"]["clip_name_or_path"], head_path=str(tmp_path / "missing.pth"))
+        AestheticScorer(
+            tiny_scorer_checkpoints["aesthetics"]["clip_name_or_path"], head_path=str(tmp_path / "missing.pth")
+        )
 
 
 def test_hub_scorers_fail_clearly_offline(monkeypatch):

@@ -22,26 +22,11 @@ from trl_sail.evaluation import (
 from trl_sail.evaluation.generation import generate_images, image_seed, load_pipeline, parse_model_spec
 from trl_sail.evaluation.prompts import PromptSet
 from trl_sail.evaluation.report import markdown_table, parse_markdown_table, summarize
-from trl_sail.evaluation.tiny import build_tiny_scorer_checkpoints
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = {"anime": ["a red circle", "a blue square"], "photo": ["three green dots", "a grey cat"]}
 SCRIPT_PROMPTS = {"anime": ["a red circle"], "photo": ["three green dots"]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared CPU OpenMP threads contend badly.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    return build_tiny_scorer_checkpoints(str(tmp_path_factory.mktemp("eval_scorers")))
 
 
 @pytest.fixture(scope="module")
@@ -64,23 +49,25 @@ def lora_path(tiny_sd15_path, tmp_path_factory):
     return directory
 
 
-def _scorer_config(checkpoints) -> dict:
+def _scorer_config(tiny_scorer_checkpoints) -> dict:
     return {
-        "pickscore_model": checkpoints["pickscore"]["model_name_or_path"],
-        "pickscore_processor": checkpoints["pickscore"]["processor_name_or_path"],
-        "hpsv2_model": checkpoints["hpsv2"]["model_name_or_path"],
-        "hpsv2_processor": checkpoints["hpsv2"]["processor_name_or_path"],
-        "imagereward_model": checkpoints["imagereward"]["model_name_or_path"],
-        "imagereward_tokenizer": checkpoints["imagereward"]["tokenizer_name_or_path"],
-        "aesthetics_clip": checkpoints["aesthetics"]["clip_name_or_path"],
+        "pickscore_model": tiny_scorer_checkpoints["pickscore"]["model_name_or_path"],
+        "pickscore_processor": tiny_scorer_checkpoints["pickscore"]["processor_name_or_path"],
+        "hpsv2_model": tiny_scorer_checkpoints["hpsv2"]["model_name_or_path"],
+        "hpsv2_processor": tiny_scorer_checkpoints["hpsv2"]["processor_name_or_path"],
+        "imagereward_model": tiny_scorer_checkpoints["imagereward"]["model_name_or_path"],
+        "imagereward_tokenizer": tiny_scorer_checkpoints["imagereward"]["tokenizer_name_or_path"],
+        "aesthetics_clip": tiny_scorer_checkpoints["aesthetics"]["clip_name_or_path"],
     }
 
 
-def test_evaluate_script_end_to_end(tmp_path, monkeypatch, tiny_sd15_path, lora_path, checkpoints):
+def test_evaluate_script_end_to_end(tmp_path, monkeypatch, tiny_sd15_path, lora_path, tiny_scorer_checkpoints):
     prompt_file = tmp_path / "prompts.json"
     prompt_file.write_text(json.dumps(SCRIPT_PROMPTS))
     config = tmp_path / "evaluate.yaml"
-    config.write_text(yaml.safe_dump({**_scorer_config(checkpoints), "num_inference_steps": 2, "device": "cpu"}))
+    config.write_text(
+        yaml.safe_dump({**_scorer_config(tiny_scorer_checkpoints), "num_inference_steps": 2, "device": "cpu"})
+    )
     output_dir = tmp_path / "out"
     argv = [
         "evaluate.py",
@@ -168,7 +155,9 @@ def test_evaluate_script_end_to_end(tmp_path, monkeypatch, tiny_sd15_path, lora_
     assert not np.array_equal(np.asarray(regenerated["base"]), np.asarray(regenerated["lora"]))
     other_seed = Image.open(output_dir / "images" / "base" / "00001_0.png")
     assert not np.array_equal(np.asarray(other_seed), np.asarray(regenerated["base"]))
-    pickscore = build_scorers(["pickscore"], scorer_kwargs=checkpoints, device="cpu", show_progress=False)["pickscore"]
+    pickscore = build_scorers(["pickscore"], scorer_kwargs=tiny_scorer_checkpoints, device="cpu", show_progress=False)[
+        "pickscore"
+    ]
     assert pickscore.score([regenerated["base"]], [entry["prompt"]])[0] == pytest.approx(entry["pickscore"], abs=1e-4)
 
     # Grids: one per model (prompts x images) and a comparison (prompts x models), 256 px tiles, 2 px padding.
@@ -292,7 +281,7 @@ def test_summary_and_table_format():
         ("aesthetics", None, "aesthetics", "aesthetics"),
     ],
 )
-def test_evaluate_modules_match_the_scorers(checkpoints, module, config_name, name, kwargs_key):
+def test_evaluate_modules_match_the_scorers(tiny_scorer_checkpoints, module, config_name, name, kwargs_key):
     import evaluate
 
     rng = np.random.default_rng(1)
@@ -300,8 +289,8 @@ def test_evaluate_modules_match_the_scorers(checkpoints, module, config_name, na
     prompts = ["a red circle", "two dots", "x"]
     metric = evaluate.load(os.path.join(REPO, "metrics", module), config_name)
     inputs = {"images": images} if name == "aesthetics" else {"images": images, "prompts": prompts}
-    output = metric.compute(**inputs, **checkpoints[kwargs_key], device="cpu", show_progress=False)
-    scorer = build_scorers([name], scorer_kwargs=checkpoints, device="cpu", show_progress=False)[name]
+    output = metric.compute(**inputs, **tiny_scorer_checkpoints[kwargs_key], device="cpu", show_progress=False)
+    scorer = build_scorers([name], scorer_kwargs=tiny_scorer_checkpoints, device="cpu", show_progress=False)[name]
     expected = scorer.score(images, None if name == "aesthetics" else prompts)
     np.testing.assert_allclose(output["scores"], expected, rtol=1e-5, atol=1e-5)
     assert output[name] == pytest.approx(np.mean(expected), abs=1e-5)

@@ -304,12 +304,11 @@ def test_killed_runs_resume_without_redoing_work_and_match_an_uninterrupted_run(
     assert state["pushed"] == [0, 1]
 
 
-def test_eval_scorers_run_after_every_round_and_reach_the_model_card(pipeline_path, tmp_path):
+def test_eval_scorers_run_after_every_round_and_reach_the_model_card(pipeline_path, tiny_scorer_checkpoints, tmp_path):
     from trl_sail.evaluation import build_scorers
     from trl_sail.evaluation.generation import generate_images
-    from trl_sail.evaluation.tiny import build_tiny_scorer_checkpoints
 
-    scorer_kwargs = build_tiny_scorer_checkpoints(str(tmp_path / "scorers"))
+    scorer_kwargs = tiny_scorer_checkpoints
     args = sail_run.sail_config(
         str(tmp_path / "out"),
         num_rounds=1,

@@ -161,7 +161,7 @@ class CandidateGenerator:
 
     def select(self, rewards: torch.Tensor, prompt_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.selection == "best_worst":
-            return rewards.argmax(dim=1), rewards.argmin(dim=1)
+            return ImplicitDiffusionRewardScorer.best_and_worst(rewards)
         chosen, rejected = [], []
         for row, prompt_id in zip(rewards, prompt_ids):
             a, b = random.Random(self.seed * 7 + prompt_id).sample(range(len(row)), 2)

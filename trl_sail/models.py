@@ -38,10 +38,6 @@ class UNetConditioning:
         """[c1, c2] -> [c1, c2, c1, c2, ...] (`times` blocks), matching `torch.cat([x] * times)` on latents."""
         return self._map(lambda t: t.repeat(times, *([1] * (t.ndim - 1))))
 
-    def repeat_interleave(self, times: int) -> "UNetConditioning":
-        """[c1, c2] -> [c1, c1, ..., c2, c2, ...]."""
-        return self._map(lambda t: t.repeat_interleave(times, dim=0))
-
     def index(self, index) -> "UNetConditioning":
         return self._map(lambda t: t[index])
 
@@ -159,14 +155,6 @@ class TextToImageModel:
         # contiguous: a CPU VAE returns channels-last tensors, which would send the UNet down other conv kernels
         # than cached latents do (same loss up to float rounding, but not bit-identical).
         return ((latents - shift) * self.vae.config.scaling_factor).float().contiguous()
-
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> pixels in [0, 1]."""
-        vae_dtype = next(self.vae.parameters()).dtype
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        latents = latents.to(self.device, vae_dtype) / self.vae.config.scaling_factor + shift
-        return (self.vae.decode(latents).sample.float() / 2 + 0.5).clamp(0, 1)
 
     # ----- prompts -----
     def _token_ids(self, tokenizer, prompts: list[str]) -> torch.Tensor:
