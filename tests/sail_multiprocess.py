@@ -31,7 +31,8 @@ def main(aligned_dir, base_dir, output_dir, per_device_batch_size):
     trainer = SAILTrainer(aligned_dir, args, sail_run.seed_dataset(), prompt_dataset=sail_run.PROMPTS)
     trainer.train()
     if trainer.state.is_main_process:
-        history = trainer.last_dpo_trainer.state.log_history
+        with open(os.path.join(output_dir, "work", "round_1", "dpo", "final", "log_history.json")) as f:
+            history = json.load(f)
         with open(os.path.join(output_dir, "log_history.json"), "w") as f:
             json.dump(history, f)
 

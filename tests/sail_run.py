@@ -1,9 +1,11 @@
 """A small SAIL run, launched by tests in a subprocess so it can be killed (SIGKILL) at a chosen moment.
 
 Usage: python sail_run.py PIPELINE_DIR OUTPUT_DIR HUB_ROOT {full,lora} {none,generation,dpo,writing} NUM_ROUNDS WORK_LOG
+[{fp32,bf16}]
 
 Every prompt sampled and every DPO step taken is appended to WORK_LOG as it happens, so a test can tell what a run
-(even a killed one) did.
+(even a killed one) did. With a full fine-tune, the anchor's largest difference from the saved `round_0` weights
+(cast to the frozen dtype) is logged too: it must be 0 whether or not the run resumed.
 """
 
 import io
@@ -79,8 +81,20 @@ class KillAfterSave(TrainerCallback):
             kill()
 
 
-def main(pipeline_dir, output_dir, hub_root, mode, kill_at, num_rounds, work_log):
+def precision_overrides(precision: str) -> dict:
+    """bf16: frozen parts and frozen UNet copies in bfloat16, training under bf16 autocast (the SDXL recipe)."""
+    if precision == "bf16":
+        return dict(model_init_kwargs={"torch_dtype": "bfloat16"}, bf16=True, use_cpu=True)
+    return {}
+
+
+def lora_config(dropout: float = 0.0):
     from peft import LoraConfig
+
+    return LoraConfig(r=4, lora_alpha=4, lora_dropout=dropout, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+
+
+def main(pipeline_dir, output_dir, hub_root, mode, kill_at, num_rounds, work_log, precision="fp32"):
 
     import trl_sail.generation as generation
     import trl_sail.sail_trainer as sail_trainer
@@ -131,9 +145,22 @@ def main(pipeline_dir, output_dir, hub_root, mode, kill_at, num_rounds, work_log
         return loss
 
     sail_trainer.DiffusionDPOTrainer.training_step = counting_step
-    peft_config = (
-        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]) if mode == "lora" else None
-    )
+
+    original_freeze = sail_trainer.SAILTrainer._freeze_current_as
+
+    def freeze_and_compare_anchor(self, adapter_name):
+        view = original_freeze(self, adapter_name)
+        if adapter_name == sail_trainer.ANCHOR_ADAPTER and not self.is_lora:
+            from safetensors.torch import load_file
+
+            saved = load_file(os.path.join(self.round_dir(0), "unet", "diffusion_pytorch_model.safetensors"))
+            anchor = view.unet.state_dict()
+            diff = max((anchor[k].float() - saved[k].to(anchor[k].dtype).float()).abs().max().item() for k in saved)
+            log(f"anchor_diff {diff}")
+        return view
+
+    sail_trainer.SAILTrainer._freeze_current_as = freeze_and_compare_anchor
+    peft_config = lora_config(dropout=0.5) if mode == "lora" else None  # dropout: as a LoRA user would set it
     trainer = sail_trainer.SAILTrainer(
         pipeline_dir,
         sail_config(
@@ -141,6 +168,7 @@ def main(pipeline_dir, output_dir, hub_root, mode, kill_at, num_rounds, work_log
             learning_rate=1e-3 if mode == "lora" else 1e-4,
             num_rounds=int(num_rounds),
             prompts_per_round=3,
+            **precision_overrides(precision),
         ),
         seed_dataset(),
         prompt_dataset=PROMPTS,

@@ -7,7 +7,10 @@ directly from the raw tensors, independently of the conversion code. The aesthet
 """
 
 import hashlib
+import logging
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -27,8 +30,8 @@ from trl_sail.evaluation import (
     convert_image_reward_state_dict,
     convert_open_clip_state_dict,
 )
-from trl_sail.evaluation.checkpoints import load_state_dict
-from trl_sail.evaluation.scorers import DEFAULT_AESTHETIC_HEAD
+from trl_sail.evaluation.checkpoints import IMAGE_REWARD_UNUSED_KEYS, load_into, load_state_dict
+from trl_sail.evaluation.scorers import DEFAULT_AESTHETIC_HEAD, clean_prompt_like_open_clip, hpsv2_pixel_values
 
 
 # Published constants (OpenAI CLIP preprocessing; ImageReward's normalisation and prompt length).
@@ -48,7 +51,8 @@ def scorers(tiny_scorer_checkpoints):
 @pytest.fixture(scope="module")
 def images():
     rng = np.random.default_rng(0)
-    # 64x80 resizes to 224x280 and crops rows 28..252 exactly; 48x48 resizes straight to 224.
+    # CLIP's crop: 64x80 resizes to 224x280 and crops rows 28..252 exactly; 48x48 resizes straight to 224.
+    # HPSv2's pad: 80x64 resizes to 224x179 (179.2 rounded) and gets 22 black rows on top, 23 below.
     sizes = [(80, 64), (48, 48), (64, 80)]
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
 
@@ -62,6 +66,19 @@ def clip_preprocess_by_hand(image: Image.Image) -> torch.Tensor:
     array = np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255.0
     array = (array - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def hps_preprocess_by_hand(image: Image.Image) -> torch.Tensor:
+    """HPSv2's transform (open_clip, `resize_longest_max=True`) written out: /255, longer side to 224 (bicubic,
+    antialiased, on the tensor, as torchvision), centred on a black 224 x 224 canvas, then mean/std."""
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    h, w = pixels.shape[1:]
+    new_h, new_w = round(h * 224 / max(h, w)), round(w * 224 / max(h, w))
+    resized = F.interpolate(pixels[None], size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+    canvas = torch.zeros(3, 224, 224)
+    top, left = (224 - new_h) // 2, (224 - new_w) // 2
+    canvas[:, top : top + new_h, left : left + new_w] = resized[0]
+    return (canvas - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
 
 
 # --- hand-written reference forward passes ----------------------------------------------------------------------------
@@ -182,8 +199,8 @@ def aesthetic_head_by_hand(sd, embeddings):
 
 
 def test_preprocessing_constants_are_the_published_ones(scorers):
-    for name, scorer in scorers.items():
-        processor = scorer.image_processor
+    for name in ("pickscore", "imagereward", "aesthetics"):  # HPSv2 pads instead: see the tests below
+        processor = scorers[name].image_processor
         assert processor.size["shortest_edge"] == 224, name
         assert (processor.crop_size["height"], processor.crop_size["width"]) == (224, 224), name
         assert processor.do_center_crop and processor.do_resize and processor.do_normalize, name
@@ -201,7 +218,7 @@ def test_preprocessing_constants_are_the_published_ones(scorers):
 
 
 def test_image_processor_matches_clip_transform_by_hand(scorers, images):
-    processed = scorers["hpsv2"].image_processor(images=images, return_tensors="pt").pixel_values
+    processed = scorers["imagereward"].image_processor(images=images, return_tensors="pt").pixel_values
     assert processed.shape == (len(images), 3, 224, 224)
     for image, pixels in zip(images, processed):
         torch.testing.assert_close(pixels, clip_preprocess_by_hand(image), atol=1e-5, rtol=0)
@@ -277,7 +294,7 @@ def test_hpsv2_equals_open_clip_forward_by_hand(scorers, tiny_scorer_checkpoints
     tokens = torch.zeros(len(ids), 77, dtype=torch.long)  # open_clip pads with 0 to the full context
     for row, sequence in zip(tokens, ids):
         row[: len(sequence)] = torch.tensor(sequence)
-    pixel_values = torch.stack([clip_preprocess_by_hand(image) for image in images])
+    pixel_values = torch.stack([hps_preprocess_by_hand(image) for image in images])
     with torch.no_grad():
         expected = open_clip_hps_by_hand(raw, pixel_values, tokens)
     np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-4, atol=1e-3)
@@ -285,6 +302,34 @@ def test_hpsv2_equals_open_clip_forward_by_hand(scorers, tiny_scorer_checkpoints
 
 def test_hpsv2_versions_load_different_checkpoints(scorers, images):
     assert scorers["hpsv2"].score(images, PROMPTS) != pytest.approx(scorers["hpsv2.1"].score(images, PROMPTS))
+
+
+def test_hpsv2_preprocessing_pads_instead_of_cropping(images):
+    processed = hpsv2_pixel_values(images)
+    assert processed.shape == (len(images), 3, 224, 224)
+    for image, pixels in zip(images, processed):
+        torch.testing.assert_close(pixels, hps_preprocess_by_hand(image), atol=1e-5, rtol=0)
+    black = -torch.tensor(CLIP_MEAN) / torch.tensor(CLIP_STD)
+    # 80x64 -> 224x179: rows 0..21 and 201..223 are padding; 64x80 -> 179x224: the same columns.
+    wide, square, tall = processed
+    for rows in (wide[:, :22], wide[:, 201:], tall[:, :, :22], tall[:, :, 201:]):
+        torch.testing.assert_close(rows, black[:, None, None].expand_as(rows), atol=1e-6, rtol=0)
+    assert not torch.allclose(wide[:, 22], black[:, None])  # the first resized row is image content
+    assert not torch.allclose(square[:, 0], black[:, None])  # a square image is not padded
+    # The whole image is kept: the CLIP transform crops this one.
+    assert not torch.allclose(tall, clip_preprocess_by_hand(images[2]), atol=1e-2)
+
+
+def test_hpsv2_cleans_prompts_as_open_clip(scorers, images):
+    raw = "  A  red circle &amp;amp; a \u2018blue\u2019\tsquare &lt;3  "
+    cleaned = "a red circle & a 'blue' square <3"
+    assert clean_prompt_like_open_clip(raw) == cleaned
+    scorer = scorers["hpsv2"]
+    ids = scorer.tokenize([raw]).input_ids
+    assert torch.equal(ids, scorer.tokenizer([cleaned], return_tensors="pt").input_ids)
+    # Without the cleaning the model would see other tokens (`&amp;amp;`, curly quotes, `&lt;`).
+    assert scorer.tokenizer([raw]).input_ids != ids.tolist()
+    assert scorer.score(images[:1], [raw]) == pytest.approx(scorer.score(images[:1], [cleaned]), abs=1e-6)
 
 
 # --- ImageReward ------------------------------------------------------------------------------------------------------
@@ -329,8 +374,89 @@ def test_image_reward_conversion_and_inferred_vision_shape(tiny_scorer_checkpoin
         1e-6,
     )
     assert len(scorers["imagereward"].tokenizer) == scorers["imagereward"].model.text_model.config.vocab_size
-    with pytest.raises(ValueError, match="blip.itm_head"):
-        convert_image_reward_state_dict({**raw, "blip.itm_head.weight": torch.zeros(1)})
+    # Keys outside the mapping are kept under their own names, for loading to report.
+    assert "blip.itm_head.weight" in convert_image_reward_state_dict({**raw, "blip.itm_head.weight": torch.zeros(1)})
+
+
+def _image_reward_variant(tmp_path, tiny_scorer_checkpoints, edit) -> str:
+    """A copy of the tiny `ImageReward.pt` (with its `med_config.json`) whose state dict went through `edit`."""
+    source = tiny_scorer_checkpoints["imagereward"]["model_name_or_path"]
+    state_dict = torch.load(os.path.join(source, "ImageReward.pt"), map_location="cpu", weights_only=True)
+    directory = tmp_path / "imagereward"
+    directory.mkdir(parents=True)
+    shutil.copy(os.path.join(source, "med_config.json"), directory)
+    torch.save(edit(dict(state_dict)), directory / "ImageReward.pt")
+    return str(directory)
+
+
+def _image_reward_scorer(model_dir, tiny_scorer_checkpoints) -> ImageRewardScorer:
+    tokenizer = tiny_scorer_checkpoints["imagereward"]["tokenizer_name_or_path"]
+    return ImageRewardScorer(model_dir, tokenizer_name_or_path=tokenizer, device="cpu", show_progress=False)
+
+
+def test_image_reward_tolerates_the_known_unused_keys(tmp_path, tiny_scorer_checkpoints, scorers, images, caplog):
+    source = tiny_scorer_checkpoints["imagereward"]["model_name_or_path"]
+    raw = torch.load(os.path.join(source, "ImageReward.pt"), map_location="cpu", weights_only=True)
+    assert set(IMAGE_REWARD_UNUSED_KEYS) <= set(raw)  # the tiny file carries them, as the real one does
+    expected = scorers["imagereward"].score(images, PROMPTS)
+
+    without = _image_reward_variant(
+        tmp_path / "without",
+        tiny_scorer_checkpoints,
+        lambda sd: {k: v for k, v in sd.items() if k not in IMAGE_REWARD_UNUSED_KEYS},
+    )
+    prefixed = _image_reward_variant(
+        tmp_path / "prefixed", tiny_scorer_checkpoints, lambda sd: {"module." + k: v for k, v in sd.items()}
+    )
+    with caplog.at_level(logging.WARNING, logger="trl_sail.evaluation.checkpoints"):
+        for model_dir in (without, prefixed):
+            scores = _image_reward_scorer(model_dir, tiny_scorer_checkpoints).score(images, PROMPTS)
+            np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
+    assert not caplog.records  # nothing to warn about
+
+
+def test_image_reward_warns_about_other_extra_keys(tmp_path, tiny_scorer_checkpoints, scorers, images, caplog):
+    extra = {"blip.itm_head.weight": torch.zeros(2, 32), "blip.text_encoder.pooler.dense.weight": torch.zeros(32, 32)}
+    model_dir = _image_reward_variant(tmp_path, tiny_scorer_checkpoints, lambda sd: {**sd, **extra})
+    with caplog.at_level(logging.WARNING, logger="trl_sail.evaluation.checkpoints"):
+        scorer = _image_reward_scorer(model_dir, tiny_scorer_checkpoints)
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and all(key in warnings[0] for key in extra)
+    assert not any(key in warnings[0] for key in IMAGE_REWARD_UNUSED_KEYS)
+    expected = scorers["imagereward"].score(images, PROMPTS)
+    np.testing.assert_allclose(scorer.score(images, PROMPTS), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "removed",
+    [
+        ["blip.visual_encoder.blocks.1.attn.proj.weight", "blip.text_encoder.encoder.layer.0.output.dense.bias"],
+        ["mlp.layers.7.bias"],
+        ["blip.visual_encoder.cls_token"],  # one the image encoder's shape is read from
+    ],
+)
+def test_image_reward_missing_keys_fail_naming_them(tmp_path, tiny_scorer_checkpoints, removed):
+    model_dir = _image_reward_variant(
+        tmp_path, tiny_scorer_checkpoints, lambda sd: {k: v for k, v in sd.items() if k not in removed}
+    )
+    with pytest.raises(ScorerLoadingError) as error:
+        _image_reward_scorer(model_dir, tiny_scorer_checkpoints)
+    message = str(error.value)
+    assert all(key in message for key in removed), message
+    assert "THUDM/ImageReward" in message  # the fix
+
+
+def test_image_reward_misshapen_tensors_fail_naming_them(tmp_path, tiny_scorer_checkpoints):
+    key = "blip.text_encoder.encoder.layer.1.intermediate.dense.weight"  # [64, 32]
+    model_dir = _image_reward_variant(tmp_path, tiny_scorer_checkpoints, lambda sd: {**sd, key: sd[key].T.clone()})
+    with pytest.raises(ScorerLoadingError) as error:
+        _image_reward_scorer(model_dir, tiny_scorer_checkpoints)
+    message = str(error.value)
+    assert "wrong shape" in message and f"{key} (32, 64) (expected (64, 32))" in message, message
+    assert "THUDM/ImageReward" in message  # the fix
+    # The same check guards every scorer's load, where load_state_dict(strict=False) would raise a bare RuntimeError.
+    with pytest.raises(ScorerLoadingError, match=re.escape("weight (2, 3) (expected (3, 2))")):
+        load_into(torch.nn.Linear(2, 3), {"weight": torch.zeros(2, 3), "bias": torch.zeros(3)}, "test checkpoint")
 
 
 # --- Aesthetics (real head) -------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 import copy
 import io
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,13 @@ from PIL import Image
 from trl_sail import DiffusionDPOConfig, DiffusionDPOTrainer
 from trl_sail.models import TextToImageModel, UNetView
 from trl_sail.scorer import ImplicitDiffusionRewardScorer
+
+
+sys.path.insert(0, os.path.dirname(__file__))
+from tolerances import reward_atol  # noqa: E402
+
+
+TINY_ERROR_SCALE = 2.0  # the tiny UNet's denoising errors of unit-variance targets are about 1 (< 2)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +73,8 @@ def test_probabilities_antisymmetric_seeded_and_budget_independent(pipeline):
     rewards = small.score_latents(latents, prompts)
     assert rewards.abs().max() > 0  # a different policy gives non-trivial rewards
     # Memory budget: 3 images per forward vs everything in one forward, same rewards.
-    torch.testing.assert_close(rewards, large.score_latents(latents, prompts), rtol=1e-4, atol=2e-3)
+    atol = reward_atol(small.beta, TINY_ERROR_SCALE)
+    torch.testing.assert_close(rewards, large.score_latents(latents, prompts), rtol=1e-4, atol=atol)
     # Same seed, same result; another seed, other draws.
     assert torch.equal(rewards, small.score_latents(latents, prompts))
     assert not torch.allclose(rewards, small.score_latents(latents, prompts, seed=6))
@@ -74,7 +84,7 @@ def test_probabilities_antisymmetric_seeded_and_budget_independent(pipeline):
     torch.testing.assert_close(p_ab, 1 - p_ba)
     # Stable prompt ids give the same rewards however prompts are grouped.
     alone = small.score_latents(latents[1:2], prompts[1:2], prompt_ids=[1])
-    torch.testing.assert_close(alone, rewards[1:2], rtol=1e-4, atol=2e-3)
+    torch.testing.assert_close(alone, rewards[1:2], rtol=1e-4, atol=atol)
 
 
 def test_candidates_of_a_prompt_share_draws_and_reward_formula(pipeline):
@@ -101,7 +111,8 @@ def test_candidates_of_a_prompt_share_draws_and_reward_formula(pipeline):
                 per_draw.append(((pred - eps) ** 2).mean().item())
             errors[name] = np.mean(per_draw)
         expected.append(-2500 * (errors["policy"] - errors["reference"]))
-    torch.testing.assert_close(rewards[0], torch.tensor(expected, dtype=rewards.dtype), rtol=1e-4, atol=2e-3)
+    atol = reward_atol(scorer.beta, max(errors.values()))
+    torch.testing.assert_close(rewards[0], torch.tensor(expected, dtype=rewards.dtype), rtol=1e-4, atol=atol)
 
 
 def test_unet_calls_follow_the_memory_budget(pipeline):

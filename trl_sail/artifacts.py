@@ -39,6 +39,9 @@ def save_model_artifact(
         # The adapter's config (rank, alpha, targets) goes into the file's metadata: without it `load_lora_weights`
         # assumes alpha == rank and silently rescales any LoRA trained with lora_alpha != r.
         metadata = unet.peft_config[adapter_name].to_dict()
+        # Dropout is a training setting, and `load_lora_weights` builds the adapter's dropout layers in train mode
+        # inside an eval-mode UNet: a saved `lora_dropout > 0` would make every later inference stochastic.
+        metadata["lora_dropout"] = 0.0
         type(pipeline).save_lora_weights(
             output_dir, unet_lora_layers=lora_state_dict(unet, adapter_name), unet_lora_adapter_metadata=metadata
         )

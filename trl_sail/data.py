@@ -42,6 +42,17 @@ def detect_schema(dataset: Dataset) -> str:
     )
 
 
+def drop_prompts(dataset: Dataset, prompts) -> tuple[Dataset, int]:
+    """`dataset` without the rows whose prompt (`prompt` or `caption` column) is in `prompts`, and how many went."""
+    excluded = set(prompts or [])
+    if not excluded:
+        return dataset, 0
+    column = "prompt" if detect_schema(dataset) == "trl" else "caption"
+    keep = [i for i, prompt in enumerate(dataset[column]) if prompt not in excluded]
+    dropped = len(dataset) - len(keep)
+    return (dataset.select(keep) if dropped else dataset), dropped
+
+
 def _raw_image_columns(dataset: Dataset, columns: tuple[str, ...]) -> Dataset:
     """Stop `datasets.Image` columns from decoding on access: rows then hold bytes/paths, decoded when needed."""
     from datasets import Image as ImageFeature
@@ -208,6 +219,10 @@ class PairTransform:
             "original_size": torch.tensor(original_size),
             "crop_top_left": torch.tensor((top, left)),
         }
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """The pixel tensor a pair's image becomes without random augmentation (what a DPO batch encodes for it)."""
+        return PairTransform(self.resolution)(image, image, random.Random(0))["chosen_pixel_values"]
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -19,12 +19,17 @@ class DiffusionDPOConfig(TrainingArguments):
 
         model_init_kwargs (`dict[str, Any]`, *optional*):
             Keyword arguments for [`~diffusers.DiffusionPipeline.from_pretrained`], used when the `model` argument of
-            the [`DiffusionDPOTrainer`] is a string: `torch_dtype` (`"float16"`, `"bfloat16"`, `"float32"`, applied to
-            the frozen VAE and text encoders; the trained UNet stays in float32 and mixed precision comes from
-            `bf16`/`fp16`), `variant` (e.g. `"fp16"`) and `revision`.
+            the [`DiffusionDPOTrainer`] is a string: `torch_dtype` (`"float16"`, `"bfloat16"`, `"float32"`: the dtype
+            of everything frozen, i.e. the VAE, the text encoders and the frozen UNet copies such as the reference;
+            the trained UNet stays in float32 and mixed precision comes from `bf16`/`fp16`, which must match a half
+            `torch_dtype`), `variant` (e.g. `"fp16"`) and `revision`.
         reference_adapter_name (`str`, *optional*):
             With PEFT, the name of a frozen LoRA adapter of the UNet to use as the reference model instead of the
             UNet with adapters disabled. SAIL's later rounds use it (reference = base + previous round's LoRA).
+        disable_dropout (`bool`, *optional*, defaults to `True`):
+            Whether to disable dropout in the trained UNet (including LoRA's `lora_dropout`), as TRL's `DPOConfig`
+            does: with dropout the policy's denoising error, and so every reward, is stochastic. The reference and
+            the judge always run without dropout (eval mode), whatever this is.
 
         > Parameters that control the data
 
@@ -96,6 +101,9 @@ class DiffusionDPOConfig(TrainingArguments):
     )
     reference_adapter_name: str | None = field(
         default=None, metadata={"help": "With PEFT: a frozen named LoRA adapter used as the reference model."}
+    )
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Whether to disable dropout in the trained UNet (and its LoRA adapters)."}
     )
 
     # Data

@@ -4,7 +4,6 @@ Read top to bottom: loading (pipeline, LoRA, reference), data (schemas, caching)
 (`log`), validation images, and saving / resuming / pushing diffusers artifacts.
 """
 
-import copy
 import json
 import logging
 import os
@@ -15,7 +14,8 @@ import numpy as np
 import torch
 from datasets import Dataset
 from diffusers.configuration_utils import FrozenDict
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, set_seed
+from trl.trainer.utils import disable_dropout_in_model
 
 from .artifacts import (
     is_peft_unet,
@@ -27,8 +27,20 @@ from .artifacts import (
 )
 from .data import SOURCE_NAMES, DiffusionDPODataCollator, PairTransform, PreferencePairs
 from .diffusion_dpo_config import DiffusionDPOConfig
-from .models import TextToImageModel, UNetConditioning, UNetView, load_pipeline
+from .models import (
+    TextToImageModel,
+    UNetConditioning,
+    UNetView,
+    check_precision,
+    compute_autocast,
+    frozen_copy,
+    load_pipeline,
+    mixed_precision_dtype,
+    resolve_dtype,
+    set_trained_unet_precision,
+)
 from .rewards import denoising_errors, diffusion_dpo_loss
+from .seeding import TRAINING_STEP, derived_generator
 from .validation import ValidationImagesCallback
 
 
@@ -124,26 +136,34 @@ class DiffusionDPOTrainer(Trainer):
         self.resolution = args.resolution or pipeline.unet.config.sample_size * self.t2i.vae_scale_factor
         self.t2i.check_resolution(self.resolution)
         unet = pipeline.unet
+        # The precision rule (see `trl_sail.models`): frozen parts and frozen UNet copies in `torch_dtype` (default:
+        # the dtype the checkpoint was loaded in), the trained UNet in float32, every forward under one autocast.
+        self.frozen_dtype = resolve_dtype(init_kwargs.get("torch_dtype", init_kwargs.get("dtype"))) or unet.dtype
+        self.autocast_dtype = mixed_precision_dtype(args)
+        check_precision(self.frozen_dtype, self.autocast_dtype)
         if not isinstance(unet._internal_dict, _TrackerFriendlyConfig):
             unet._internal_dict = _TrackerFriendlyConfig(unet._internal_dict)
-        if unet.dtype != torch.float32:
-            # `torch_dtype` is for the frozen parts: trained weights stay in float32 (mixed precision comes from
-            # bf16/fp16), otherwise AdamW and the grad scaler would work on half-precision master weights.
-            unet.to(torch.float32)
         if peft_config is not None:
             if is_peft_unet(unet) and "default" in unet.peft_config:
                 raise ValueError(
                     "The UNet already has a LoRA adapter named 'default'; pass `peft_config=None` to train it as is."
                 )
             unet.requires_grad_(False)
+            set_seed(args.seed)  # LoRA's A matrices are drawn at random: the same seed, the same run
             unet.add_adapter(peft_config)
         elif not is_peft_unet(unet):
             unet.requires_grad_(True)
+        # Trained weights in float32 (mixed precision comes from bf16/fp16), otherwise AdamW and the grad scaler would
+        # work on half-precision master weights; with LoRA the frozen base weights stay in the frozen dtype.
+        set_trained_unet_precision(unet, self.frozen_dtype)
+        if args.disable_dropout:
+            # As TRL's DPO: dropout would make the policy's error (and so every reward) stochastic.
+            disable_dropout_in_model(unet)
         unet.train()
         self.policy = UNetView(unet)
         # The adapter that trains (and that checkpoints and the saved LoRA hold): the UNet's active one.
         self.adapter_name = unet.active_adapters()[0] if is_peft_unet(unet) else "default"
-        self.reference = self._make_reference(ref_model, unet, args)
+        self.reference = self._make_reference(ref_model, unet, args, self.frozen_dtype)
         if self.reference.same_weights_as(self.policy) or (
             self.reference.unet is unet and self.reference.adapter == self.adapter_name
         ):
@@ -174,11 +194,7 @@ class DiffusionDPOTrainer(Trainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
-        frozen_dtype = init_kwargs.get("torch_dtype", init_kwargs.get("dtype"))
-        if frozen_dtype == "auto":
-            frozen_dtype = None  # keep what the checkpoint stores
-        frozen_dtype = getattr(torch, frozen_dtype) if isinstance(frozen_dtype, str) else frozen_dtype
-        self.t2i.to(self.accelerator.device, frozen_dtype)
+        self.t2i.to(self.accelerator.device, self.frozen_dtype)
         if self.reference.unet is not unet:
             self.reference.unet.to(self.accelerator.device)
         self.empty_prompt_embeds = self.t2i.encode_prompts([""])
@@ -199,14 +215,14 @@ class DiffusionDPOTrainer(Trainer):
         return pairs
 
     @staticmethod
-    def _make_reference(ref_model, unet, args) -> UNetView:
+    def _make_reference(ref_model, unet, args, frozen_dtype: torch.dtype) -> UNetView:
         if isinstance(ref_model, UNetView):
             return ref_model
         if ref_model is not None:
             ref_unet = load_pipeline(ref_model).unet if not isinstance(ref_model, torch.nn.Module) else ref_model
             if is_peft_unet(unet) and args.reference_adapter_name is None:
                 logger.warning("A separate ref_model was given with PEFT: two UNets will be held in memory.")
-            return UNetView(ref_unet.requires_grad_(False).eval())
+            return UNetView(ref_unet.requires_grad_(False).eval().to(frozen_dtype))
         if is_peft_unet(unet):
             name = args.reference_adapter_name
             if name is not None and name not in unet.peft_config:
@@ -216,7 +232,7 @@ class DiffusionDPOTrainer(Trainer):
                 )
             return UNetView(unet, name or "disabled")
         # Full fine-tune: the reference is a frozen copy of the starting UNet (the one case with two UNets).
-        return UNetView(copy.deepcopy(unet).requires_grad_(False).eval())
+        return frozen_copy(unet, frozen_dtype)
 
     # ------------------------------------------------------------------ caching
     def _prepare_caches(self):
@@ -308,8 +324,10 @@ class DiffusionDPOTrainer(Trainer):
         scheduler = self.t2i.noise_scheduler
         policy = denoising_errors(unet, scheduler, latents, noise, timesteps, conditioning)
         # accelerate puts autocast on the trained model's forward only: a separate frozen reference UNet must get the
-        # same mixed precision explicitly, or it runs in float32 (slower, and not the policy's numerics).
-        with torch.no_grad(), self.accelerator.autocast(), self.reference.active() as reference_unet:
+        # same mixed precision explicitly, or it runs in float32 (slower, and not the policy's numerics). The view
+        # runs it in eval mode (no dropout).
+        autocast = compute_autocast(self.accelerator.device, self.autocast_dtype)
+        with torch.no_grad(), autocast, self.reference.active() as reference_unet:
             reference = denoising_errors(reference_unet, scheduler, latents, noise, timesteps, conditioning)
         return policy.chunk(2), reference.chunk(2)
 
@@ -322,9 +340,9 @@ class DiffusionDPOTrainer(Trainer):
         step = self.state.global_step
         if step != self._generator_step:
             self._generator_step, self._micro_batch = step, 0
-        key = [self.args.seed, self.args.process_index, step, self._micro_batch]
+        micro_batch = self._micro_batch
         self._micro_batch += 1
-        return torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0]))
+        return derived_generator(self.args.seed, TRAINING_STEP, self.args.process_index, step, micro_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"

@@ -3,6 +3,12 @@
 Work streams to disk prompt group by prompt group: each finished group appends one JSON line per prompt to this
 process's shard (and the two kept images as PNG), so a crash loses at most the group in flight and a rerun skips
 the prompts already in the shards. Only the chosen and rejected images of a prompt are kept.
+
+The judge scores what the next DPO phase trains on: the candidates are decoded to the 8-bit images that are stored,
+and those images are encoded back to latents exactly as a DPO batch encodes them (`PairTransform` and
+`TextToImageModel.encode_images`); the implicit reward is read from those latents, not from the sampled ones.
+A prompt whose candidates all tie (identical rewards or identical images: what collapse produces) is recorded as
+skipped and gives no pair.
 """
 
 import json
@@ -15,8 +21,14 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .data import PairTransform
+from .models import TextToImageModel, UNetView, compute_autocast
 from .rewards import preference_probability
 from .scorer import ImplicitDiffusionRewardScorer
+from .seeding import CANDIDATE, PAIR_SELECTION, derived_generator, derived_seed
+
+
+SKIPPED_TIE = "all candidates tie"
 
 
 @dataclass
@@ -29,8 +41,9 @@ class SamplingSettings:
 
 
 def candidate_generators(seed: int, prompt_id: int, num_candidates: int) -> list[torch.Generator]:
-    """One generator per candidate, seeded by (seed, prompt id, candidate): the same images in any process layout."""
-    return [torch.Generator().manual_seed(seed * 1_000_003 + prompt_id * 64 + n) for n in range(num_candidates)]
+    """One generator per candidate, seeded by (seed, prompt id, candidate): the same images in any process layout,
+    and distinct seeds for any number of candidates."""
+    return [derived_generator(seed, CANDIDATE, prompt_id, n) for n in range(num_candidates)]
 
 
 def latent_diversity(latents: torch.Tensor) -> float:
@@ -41,8 +54,11 @@ def latent_diversity(latents: torch.Tensor) -> float:
     return float(distances.sum() / (n * (n - 1))) if n > 1 else 0.0
 
 
-def read_records(directory: str) -> dict[int, dict]:
-    """Finished prompts of every shard in `directory`, by prompt id. A torn last line (crash mid-write) is ignored."""
+def read_records(directory: str, include_skipped: bool = False) -> dict[int, dict]:
+    """Finished prompts of every shard in `directory`, by prompt id. A torn last line (crash mid-write) is ignored.
+
+    Prompts skipped because their candidates tied are finished too; they are returned with `include_skipped=True`.
+    """
     records = {}
     if not os.path.isdir(directory):
         return records
@@ -55,7 +71,10 @@ def read_records(directory: str) -> dict[int, dict]:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if os.path.isfile(os.path.join(directory, record["chosen_image"])) and os.path.isfile(
+                if record.get("skipped"):
+                    if include_skipped:
+                        records[record["prompt_id"]] = record
+                elif os.path.isfile(os.path.join(directory, record["chosen_image"])) and os.path.isfile(
                     os.path.join(directory, record["rejected_image"])
                 ):
                     records[record["prompt_id"]] = record
@@ -70,6 +89,7 @@ class CandidateGenerator:
         scorer: an `ImplicitDiffusionRewardScorer`, or a callable `judge(images, prompts) -> scores` (an external
             reward model, or a simulated human: the online-DPO baseline).
         selection: `"best_worst"` or `"random"` (a random pair of the N, still ordered by the judge).
+        autocast_dtype: the mixed-precision dtype sampling runs under (see `trl_sail.models.compute_autocast`).
     """
 
     def __init__(
@@ -84,6 +104,7 @@ class CandidateGenerator:
         process_index: int = 0,
         num_processes: int = 1,
         confidence_seed_offset: int = 7919,
+        autocast_dtype: torch.dtype | None = None,
     ):
         self.pipeline = pipeline
         self.generator_unet = generator_unet
@@ -95,6 +116,11 @@ class CandidateGenerator:
         self.process_index = process_index
         self.num_processes = num_processes
         self.confidence_seed_offset = confidence_seed_offset
+        self.autocast_dtype = autocast_dtype
+        self.model = scorer.model if isinstance(scorer, ImplicitDiffusionRewardScorer) else TextToImageModel(pipeline)
+        resolution = settings.resolution or pipeline.unet.config.sample_size * self.model.vae_scale_factor
+        # What a DPO batch does to a stored image before encoding it (the judge must see the same latents).
+        self.transform = PairTransform(resolution)
 
     @torch.no_grad()
     def sample_latents(self, prompts: list[str], prompt_ids: list[int]) -> torch.Tensor:
@@ -103,19 +129,10 @@ class CandidateGenerator:
         generators = [g for pid in prompt_ids for g in candidate_generators(self.seed, pid, n)]
         resolution = self.settings.resolution
         original_unet = self.pipeline.unet
-        self.pipeline.unet = self.generator_unet
-        # Frozen parts loaded in half precision (`torch_dtype`) and a float32 trained UNet: the pipeline would feed
-        # half-precision embeddings and latents into float32 weights and fail. Run the UNet under autocast to the
-        # frozen dtype instead, as mixed-precision training does.
-        unet_parameter = next(self.generator_unet.parameters())
-        frozen_dtype = self.pipeline.text_encoder.dtype
-        autocast = torch.autocast(
-            unet_parameter.device.type,
-            dtype=frozen_dtype,
-            enabled=frozen_dtype in (torch.float16, torch.bfloat16) and frozen_dtype != unet_parameter.dtype,
-        )
+        device = next(self.generator_unet.parameters()).device
         try:
-            with autocast:
+            with UNetView(self.generator_unet).active(), compute_autocast(device, self.autocast_dtype):
+                self.pipeline.unet = self.generator_unet
                 latents = self.pipeline(
                     list(prompts),
                     num_images_per_prompt=n,
@@ -132,20 +149,23 @@ class CandidateGenerator:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        vae = self.pipeline.vae
-        scaled = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor
-        images = vae.decode(scaled).sample
-        return self.pipeline.image_processor.postprocess(images, output_type="pil")
+        """Latents [n, C, h, w] -> the 8-bit images that are stored (decoded as the diffusers pipelines decode)."""
+        return self.pipeline.image_processor.postprocess(self.model.decode_latents(latents), output_type="pil")
 
-    def judge(self, latents: torch.Tensor, prompts: list[str], prompt_ids: list[int]):
-        """Rewards [P, N] (and decoded images when an external judge needed them)."""
+    @torch.no_grad()
+    def encode(self, images: list[Image.Image]) -> torch.Tensor:
+        """Images -> the latents a DPO batch trains on for them, [n, C, h, w] on the CPU."""
+        pixels = torch.stack([self.transform.pixels(image) for image in images])
+        return self.model.encode_images(pixels).cpu()
+
+    def judge(self, latents: torch.Tensor, images: list[list[Image.Image]], prompts: list[str], prompt_ids):
+        """Rewards [P, N] of the candidates: the implicit reward of their training latents, or an external judge."""
         if isinstance(self.scorer, ImplicitDiffusionRewardScorer):
-            return self.scorer.score_latents(latents, prompts, prompt_ids), None
-        images = [self.decode(group) for group in latents]
+            return self.scorer.score_latents(latents, prompts, prompt_ids)
         scores = [
             self.scorer(group_images, [prompt] * len(group_images)) for group_images, prompt in zip(images, prompts)
         ]
-        return torch.tensor(np.asarray(scores, dtype=np.float64)), images
+        return torch.tensor(np.asarray(scores, dtype=np.float64))
 
     def fresh_confidence(self, latents, prompts, prompt_ids, chosen, rejected) -> list[float]:
         """p(chosen > rejected) on (t, eps) draws independent of the ones used for selection (collapse monitor)."""
@@ -164,7 +184,7 @@ class CandidateGenerator:
             return ImplicitDiffusionRewardScorer.best_and_worst(rewards)
         chosen, rejected = [], []
         for row, prompt_id in zip(rewards, prompt_ids):
-            a, b = random.Random(self.seed * 7 + prompt_id).sample(range(len(row)), 2)
+            a, b = random.Random(derived_seed(self.seed, PAIR_SELECTION, prompt_id)).sample(range(len(row)), 2)
             # Still ordered by the judge: the higher reward is chosen.
             chosen.append(a if row[a] >= row[b] else b)
             rejected.append(b if row[a] >= row[b] else a)
@@ -173,7 +193,7 @@ class CandidateGenerator:
     def run(self, prompts: list[str], prompt_ids: list[int], show_progress: bool = True) -> None:
         """Generate and judge this process's share of `prompts` that is not on disk yet."""
         os.makedirs(os.path.join(self.directory, "images"), exist_ok=True)
-        done = read_records(self.directory)
+        done = read_records(self.directory, include_skipped=True)
         todo = [
             (pid, prompt)
             for pid, prompt in zip(prompt_ids, prompts)
@@ -185,14 +205,21 @@ class CandidateGenerator:
         for start in range(0, len(todo), batch):
             group = todo[start : start + batch]
             ids, texts = [g[0] for g in group], [g[1] for g in group]
-            latents = self.sample_latents(texts, ids)
-            rewards, images = self.judge(latents, texts, ids)
+            sampled = self.sample_latents(texts, ids)
+            images = [self.decode(candidates) for candidates in sampled]
+            latents = torch.stack([self.encode(candidates) for candidates in images])
+            rewards = self.judge(latents, images, texts, ids)
             chosen, rejected = self.select(rewards, ids)
             confidence = self.fresh_confidence(latents, texts, ids, chosen, rejected)
             lines = []
             for j, pid in enumerate(ids):
                 c, r = int(chosen[j]), int(rejected[j])
-                pair_images = [images[j][c], images[j][r]] if images is not None else self.decode(latents[j, [c, r]])
+                pair_images = [images[j][c], images[j][r]]
+                record = {"prompt_id": pid, "prompt": texts[j], "rewards": [float(x) for x in rewards[j]]}
+                if rewards[j, c] == rewards[j, r] or pair_images[0].tobytes() == pair_images[1].tobytes():
+                    # No preference to learn (collapse makes every candidate the same): no pair is written.
+                    lines.append(json.dumps({**record, "skipped": SKIPPED_TIE}))
+                    continue
                 names = []
                 for kind, image in zip(("chosen", "rejected"), pair_images):
                     name = os.path.join("images", f"{pid:08d}_{kind}.png")
@@ -201,9 +228,7 @@ class CandidateGenerator:
                 lines.append(
                     json.dumps(
                         {
-                            "prompt_id": pid,
-                            "prompt": texts[j],
-                            "rewards": [float(x) for x in rewards[j]],
+                            **record,
                             "chosen_index": c,
                             "rejected_index": r,
                             "chosen_reward": float(rewards[j, c]),
@@ -246,10 +271,13 @@ def records_to_dataset(directory: str, prompt_ids: list[int]):
     from datasets.arrow_writer import ArrowWriter
     from filelock import FileLock
 
-    records = read_records(directory)
-    missing = [pid for pid in prompt_ids if pid not in records]
+    finished = read_records(directory, include_skipped=True)
+    missing = [pid for pid in prompt_ids if pid not in finished]
     if missing:
         raise RuntimeError(f"{len(missing)} prompts of this round have no generated pair yet (e.g. {missing[:5]}).")
+    # Prompts whose candidates tied carry no pair.
+    records = {pid: record for pid, record in finished.items() if not record.get("skipped")}
+    prompt_ids = [pid for pid in prompt_ids if pid in records]
     features = Features(
         {
             "prompt": Value("string"),

@@ -1,16 +1,119 @@
 """Loading diffusers pipelines and turning prompts and images into what the UNet takes.
 
 One `TextToImageModel` wraps the frozen parts of a Stable Diffusion pipeline (VAE, text encoder(s), tokenizer(s),
-noise scheduler). It detects SD1.5-type pipelines (one CLIP text encoder) and SDXL-type pipelines (two text
+training noise schedule). It detects SD1.5-type pipelines (one CLIP text encoder) and SDXL-type pipelines (two text
 encoders, pooled embeddings and micro-conditioning time ids) from the pipeline itself, so nothing is set by hand.
 The UNet is kept outside: trainers own it (it is what `transformers.Trainer` trains).
+
+The precision rule (docs/diffusion_dpo.md, "Precision"), used by every trainer, the judge and generation:
+- trained weights are kept in float32 (the optimizer works on float32 master weights): the whole UNet for a full
+  fine-tune, the LoRA adapters with PEFT (every adapter, trained or frozen, so that a frozen copy of the trained
+  adapter is exactly it);
+- everything frozen (VAE, text encoders, the base weights of a LoRA UNet, and the frozen UNet copies of a full
+  fine-tune: base, anchor, reference) is kept in one declared dtype, `torch_dtype` of `model_init_kwargs` (by default
+  the dtype the checkpoint was loaded in);
+- every UNet forward (policy, reference, judge, sampling) runs under one autocast, to the mixed-precision dtype
+  (`bf16` / `fp16`), see `compute_autocast`.
 """
 
+import contextlib
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DDPMScheduler, DiffusionPipeline
+
+
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_dtype(dtype: "torch.dtype | str | None") -> torch.dtype | None:
+    """A `torch.dtype` from a dtype or its name (`"bfloat16"`, `"bf16"`, `"float16"`, ...); `None`/`"auto"` -> `None`."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return None
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPE_NAMES:
+        raise ValueError(f"Unknown dtype {dtype!r}: use one of {sorted(_DTYPE_NAMES)} (or 'auto').")
+    return _DTYPE_NAMES[name]
+
+
+def mixed_precision_dtype(args) -> torch.dtype | None:
+    """The autocast dtype of a `TrainingArguments` (`bf16` / `fp16`), or `None` without mixed precision."""
+    if getattr(args, "bf16", False):
+        return torch.bfloat16
+    if getattr(args, "fp16", False):
+        return torch.float16
+    return None
+
+
+def compute_autocast(device: "torch.device | str", dtype: torch.dtype | None):
+    """The autocast every UNet forward runs under: to `dtype` when it is a half type, otherwise none.
+
+    Training gets the same autocast from accelerate (`mixed_precision`); frozen forwards (reference, judge, sampling)
+    enter this one, so that two models compared with each other always compute in the same precision.
+    """
+    if dtype not in (torch.float16, torch.bfloat16):
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def check_precision(frozen_dtype: torch.dtype, autocast_dtype: torch.dtype | None) -> None:
+    """Refuse half-precision frozen weights that the training forwards would not run in (see the module docstring)."""
+    if frozen_dtype in (torch.float16, torch.bfloat16) and frozen_dtype != autocast_dtype:
+        flag = "bf16" if frozen_dtype == torch.bfloat16 else "fp16"
+        raise ValueError(
+            f"The frozen parts are in {frozen_dtype} (`torch_dtype` / the loaded checkpoint) but training runs "
+            f"{'in float32' if autocast_dtype is None else f'under {autocast_dtype} autocast'}: the float32 policy "
+            f"and its {frozen_dtype} reference would be compared at two precisions. Set `{flag}=True` (mixed "
+            "precision in the frozen dtype), or load the model with `torch_dtype='float32'`."
+        )
+
+
+def set_trained_unet_precision(unet: torch.nn.Module, frozen_dtype: torch.dtype) -> None:
+    """Apply the precision rule to the trained UNet, in place (see the module docstring).
+
+    With LoRA the base weights stay in `frozen_dtype`, as diffusers' LoRA training scripts keep them (their
+    `cast_training_params` upcasts the adapters only): the policy, its reference and every frozen view then share
+    the very same base weights, so a frozen view of an untrained adapter computes exactly what the policy computes.
+    """
+    if not getattr(unet, "_hf_peft_config_loaded", False):
+        unet.to(torch.float32)
+        return
+    unet.to(frozen_dtype)
+    for name, param in unet.named_parameters():
+        if "lora_" in name:
+            param.data = param.data.to(torch.float32)
+
+
+def training_noise_scheduler(scheduler) -> DDPMScheduler:
+    """The forward (noising) process a Stable Diffusion checkpoint was trained with, as a `DDPMScheduler`.
+
+    Checkpoints ship a scheduler for *sampling* (SD1.5: PNDM, SDXL: Euler, others DDIM, DPM-Solver, UniPC...), and
+    some of them noise differently in `add_noise` (Euler's is `x0 + sigma_t * eps`). Training and judging always need
+    the DDPM forward process `sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`, which is fully given by the scheduler config
+    (betas, `num_train_timesteps`, `prediction_type`, `rescale_betas_zero_snr`), whatever the class.
+    """
+    config = scheduler.config
+    if "beta_start" not in config and config.get("trained_betas") is None:
+        raise ValueError(
+            f"The pipeline's scheduler {type(scheduler).__name__} has no beta schedule, so it is not a DDPM-family "
+            "(epsilon / v-prediction) diffusion model. trl_sail supports SD1.5-type and SDXL-type pipelines "
+            "(UNet2DConditionModel with a DDPM-family scheduler: DDPM, DDIM, PNDM, Euler, Euler ancestral, LMS, "
+            "DPM-Solver, UniPC, ...)."
+        )
+    return DDPMScheduler.from_config(config)
 
 
 @dataclass
@@ -74,10 +177,10 @@ def load_pipeline(
         )
     if torch_dtype is None:
         torch_dtype = kwargs.pop("dtype", None)
-    if isinstance(torch_dtype, str) and torch_dtype != "auto":
-        torch_dtype = getattr(torch, torch_dtype)
+    kwargs.pop("dtype", None)
+    torch_dtype = resolve_dtype(torch_dtype)
     kwargs.update(variant=variant, revision=revision)
-    if torch_dtype is not None and torch_dtype != "auto":
+    if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
     try:
         return DiffusionPipeline.from_pretrained(model, **kwargs)
@@ -107,12 +210,8 @@ class TextToImageModel:
         self.text_encoder_2 = getattr(pipeline, "text_encoder_2", None)
         self.tokenizer_2 = getattr(pipeline, "tokenizer_2", None)
         self.is_sdxl = self.text_encoder_2 is not None
-        self.noise_scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config)
-        if not hasattr(self.noise_scheduler, "add_noise") or not hasattr(self.noise_scheduler, "alphas_cumprod"):
-            # Training needs a scheduler with the forward process; DDPM's is what the model was trained with.
-            from diffusers import DDPMScheduler
-
-            self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        # Training and judging noise with the DDPM forward process, not with the sampling scheduler's `add_noise`.
+        self.noise_scheduler = training_noise_scheduler(pipeline.scheduler)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         for module in self.frozen_modules():
             module.requires_grad_(False)
@@ -146,15 +245,48 @@ class TextToImageModel:
             )
 
     # ----- images -----
+    @contextmanager
+    def _vae_for_coding(self):
+        """The VAE in a dtype it can run in: float16 VAEs whose config says `force_upcast` (SDXL's overflows to NaN
+        in float16) run in float32 for the call, as the diffusers pipelines do."""
+        vae = self.vae
+        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            yield vae
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+
+    def _latent_statistics(self, latents: torch.Tensor) -> tuple:
+        """(shift, scale) with `model latents = (vae latents - shift) * scale`, from the VAE config."""
+        config = self.vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:  # per-channel statistics (e.g. Playground v2.5's SDXL VAE)
+            shape = (1, len(mean), 1, 1)
+            mean = torch.tensor(mean, device=latents.device, dtype=torch.float32).view(shape)
+            std = torch.tensor(std, device=latents.device, dtype=torch.float32).view(shape)
+            return mean, config.scaling_factor / std
+        return (getattr(config, "shift_factor", None) or 0.0), config.scaling_factor
+
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1] -> scaled VAE latents (the latent mean: deterministic, as the reference scripts use)."""
-        vae_dtype = next(self.vae.parameters()).dtype
-        latents = self.vae.encode(pixel_values.to(self.device, vae_dtype)).latent_dist.mean
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        with self._vae_for_coding() as vae:
+            latents = vae.encode(pixel_values.to(self.device, vae.dtype)).latent_dist.mean.float()
+        shift, scale = self._latent_statistics(latents)
         # contiguous: a CPU VAE returns channels-last tensors, which would send the UNet down other conv kernels
         # than cached latents do (same loss up to float rounding, but not bit-identical).
-        return ((latents - shift) * self.vae.config.scaling_factor).float().contiguous()
+        return ((latents - shift) * scale).contiguous()
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> pixels in [-1, 1], the inverse of `encode_images` (the decoding diffusers pipelines do)."""
+        latents = latents.to(self.device, torch.float32)
+        shift, scale = self._latent_statistics(latents)
+        with self._vae_for_coding() as vae:
+            return vae.decode((latents / scale + shift).to(vae.dtype)).sample.float()
 
     # ----- prompts -----
     def _token_ids(self, tokenizer, prompts: list[str]) -> torch.Tensor:
@@ -213,17 +345,32 @@ class TextToImageModel:
 class UNetView:
     """A UNet and which LoRA adapter its forward uses: `adapter=None` runs it as it is, `"disabled"` runs the base
     weights with every adapter off, any other string runs that named adapter alone. With PEFT this is how the
-    policy, its reference, the anchor and the base share one UNet in memory."""
+    policy, its reference, the anchor and the base share one UNet in memory.
+
+    A view is for forwards without training (reference, judge, sampling): inside `active()` the UNet is in eval
+    mode, so no dropout (LoRA's or the UNet's own) makes a reference or a judge stochastic; the previous mode is
+    restored on exit."""
 
     unet: torch.nn.Module
     adapter: str | None = None
 
     @contextmanager
     def active(self):
-        if self.adapter is None:
-            yield self.unet
-            return
         unet = self.unet
+        was_training = unet.training
+        unet.eval()
+        try:
+            with self._adapter_selected() as selected:
+                yield selected
+        finally:
+            unet.train(was_training)
+
+    @contextmanager
+    def _adapter_selected(self):
+        unet = self.unet
+        if self.adapter is None:
+            yield unet
+            return
         previous = list(unet.active_adapters()) if getattr(unet, "_hf_peft_config_loaded", False) else []
         if self.adapter == "disabled":
             unet.disable_adapters()
@@ -242,5 +389,15 @@ class UNetView:
             for name, param in unet.named_parameters():
                 param.requires_grad_(trainable.get(name, False))
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
     def same_weights_as(self, other: "UNetView") -> bool:
         return self.unet is other.unet and self.adapter == other.adapter
+
+
+def frozen_copy(unet: torch.nn.Module, dtype: torch.dtype | None = None) -> UNetView:
+    """A frozen copy of a (full) UNet in the frozen dtype: no gradients, eval mode. The one place copies are made."""
+    copy_ = copy.deepcopy(unet).requires_grad_(False).eval()
+    return UNetView(copy_.to(dtype) if dtype is not None else copy_)

@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 from accelerate import PartialState
 from datasets import Dataset
+from diffusers.training_utils import free_memory
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .artifacts import (
@@ -35,12 +37,22 @@ from .artifacts import (
     write_json,
     write_model_card,
 )
-from .data import SOURCE_SEED, SOURCE_SELF, PreferencePairs
+from .data import SOURCE_SEED, SOURCE_SELF, PreferencePairs, drop_prompts
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .diffusion_dpo_trainer import DiffusionDPOTrainer
-from .generation import CandidateGenerator, SamplingSettings, records_to_dataset
+from .generation import CandidateGenerator, SamplingSettings, read_records, records_to_dataset
 from .mixup import MixedPreferenceDataset, MixupPreferenceCollator, build_mixup_dataloader, num_optimizer_steps_for
-from .models import TextToImageModel, UNetView, load_pipeline
+from .models import (
+    TextToImageModel,
+    UNetView,
+    check_precision,
+    compute_autocast,
+    frozen_copy,
+    load_pipeline,
+    mixed_precision_dtype,
+    resolve_dtype,
+    set_trained_unet_precision,
+)
 from .sail_config import SAILConfig
 from .scorer import ImplicitDiffusionRewardScorer
 
@@ -149,6 +161,15 @@ class SAILTrainer:
                 "SAILTrainer needs a `seed_dataset` of human preference pairs (Pick-a-Pic or TRL-like schema) to "
                 "train the round-0 anchor. With an already aligned model, set start_from_aligned=True."
             )
+        # No round trains on the evaluation prompts: seed pairs with those captions go before round 0.
+        self.num_seed_pairs_on_eval_prompts = 0
+        if seed_dataset is not None:
+            seed_dataset, self.num_seed_pairs_on_eval_prompts = drop_prompts(seed_dataset, args.eval_prompts)
+            if self.num_seed_pairs_on_eval_prompts:
+                logger.warning(
+                    f"Dropped {self.num_seed_pairs_on_eval_prompts} seed pairs whose caption is one of the "
+                    "eval_prompts: no round trains on the evaluation prompts."
+                )
         self.seed_pairs = (
             PreferencePairs(seed_dataset, SOURCE_SEED, name="seed_dataset") if seed_dataset is not None else None
         )
@@ -163,7 +184,8 @@ class SAILTrainer:
         self.summaries: list[dict] = []
 
         # ----- models -----
-        self.pipeline = load_pipeline(model, **(args.model_init_kwargs or {}))
+        init_kwargs = dict(args.model_init_kwargs or {})
+        self.pipeline = load_pipeline(model, **init_kwargs)
         self.base_model_id = (
             args.judge_base_model
             if args.start_from_aligned
@@ -175,22 +197,29 @@ class SAILTrainer:
         self.pipeline.set_progress_bar_config(disable=True)
         unet = self.pipeline.unet
         self.unet = unet
+        # The precision rule (see `trl_sail.models`): trained weights in float32 from the start (so that a finished
+        # round reloads into float32 weights), every frozen copy in `frozen_dtype`, every forward under one autocast.
+        self.frozen_dtype = resolve_dtype(init_kwargs.get("torch_dtype", init_kwargs.get("dtype"))) or unet.dtype
+        self.autocast_dtype = mixed_precision_dtype(args)
+        check_precision(self.frozen_dtype, self.autocast_dtype)
         self.is_lora = peft_config is not None or is_peft_unet(unet)
         if peft_config is not None:
             unet.requires_grad_(False)
+            set_seed(args.seed)  # LoRA's A matrices are drawn at random: the same seed, the same run
             unet.add_adapter(peft_config, adapter_name=POLICY_ADAPTER)
             self._peft_config = peft_config
         else:
             self._peft_config = unet.peft_config[POLICY_ADAPTER] if self.is_lora else None
+        set_trained_unet_precision(unet, self.frozen_dtype)
         self.policy = UNetView(unet, POLICY_ADAPTER) if self.is_lora else UNetView(unet)
         # The pre-DPO base. LoRA: the UNet with adapters off (SAIL*: a separate UNet, the aligned one is the anchor).
         if args.start_from_aligned:
-            base_unet = load_pipeline(args.judge_base_model, **(args.model_init_kwargs or {})).unet
-            self.base = UNetView(base_unet.requires_grad_(False).eval().to(self.state.device))
+            base_unet = load_pipeline(args.judge_base_model, **init_kwargs).unet
+            self.base = UNetView(base_unet.requires_grad_(False).eval().to(self.state.device, self.frozen_dtype))
         elif self.is_lora:
             self.base = UNetView(unet, "disabled")
         else:
-            self.base = UNetView(copy.deepcopy(unet).requires_grad_(False).eval())
+            self.base = frozen_copy(unet, self.frozen_dtype)
         self.anchor: UNetView | None = None
         # Scorers run after every round: built now, so a missing scorer model fails before any training.
         self.eval_scorers = {}
@@ -251,14 +280,16 @@ class SAILTrainer:
 
     # ------------------------------------------------------------------ adapters / frozen copies
     def _freeze_current_as(self, adapter_name: str) -> UNetView:
-        """A frozen copy of the current model: a LoRA adapter holding the current adapter weights, or a UNet copy."""
+        """A frozen copy of the current model: a LoRA adapter holding the current adapter weights, or a UNet copy in
+        the frozen dtype."""
         unet = self.unet
         if not self.is_lora:
-            return UNetView(copy.deepcopy(unet).requires_grad_(False).eval())
+            return frozen_copy(unet, self.frozen_dtype)
         from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
         if adapter_name not in unet.peft_config:
             unet.add_adapter(copy.deepcopy(self._peft_config), adapter_name=adapter_name)
+            set_trained_unet_precision(unet, self.frozen_dtype)  # the copy in float32, as the adapter it copies
         state = get_peft_model_state_dict(unet, adapter_name=POLICY_ADAPTER)
         set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
         unet.set_adapters(POLICY_ADAPTER)
@@ -267,9 +298,12 @@ class SAILTrainer:
             param.requires_grad_(f".{POLICY_ADAPTER}." in name)
         return UNetView(unet, adapter_name)
 
-    def judge_views(self, i: int) -> tuple[UNetView, UNetView]:
-        """(judged model, its reference) for self round i, per `args.judge`."""
-        current = self.policy
+    def judge_views(self, i: int, current: UNetView) -> tuple[UNetView, UNetView]:
+        """(judged model, its reference) for self round i, per `args.judge`.
+
+        `current` is the frozen copy of the model at the start of round i (the round's DPO reference): judging with it
+        rather than with the trained float32 UNet keeps both judge models in the frozen dtype.
+        """
         if self.args.judge == "anchor" or (self.args.judge == "paper" and i == 1):
             return self.anchor, self.base
         if self.args.judge == "paper":
@@ -297,8 +331,8 @@ class SAILTrainer:
         for i in range(1, args.num_rounds + 1):
             if self.is_finished(i):
                 self._load_round_weights(i)
-            else:
-                self._run_round(i)
+            elif not self._run_round(i):
+                break  # no self pair could be formed (logged, and in the summaries): nothing left to train on
             self._publish(i)
             self.summaries.append(self._read_summary(i))
             if args.judge == "paper" and i == 1 and not self.is_lora and not args.start_from_aligned:
@@ -310,25 +344,39 @@ class SAILTrainer:
     def _aligned_anchor(self) -> UNetView:
         if self.is_lora:
             return UNetView(self.unet, "disabled")
-        return UNetView(copy.deepcopy(self.unet).requires_grad_(False).eval())
+        return frozen_copy(self.unet, self.frozen_dtype)
 
-    def _run_round(self, i: int) -> None:
+    def _run_round(self, i: int) -> bool:
+        """Run round i and write it; `False` (nothing written) when no self pair could be formed."""
         args = self.args
         timings = {}
-        info: dict = {"round": i, "judge": args.judge if self.external_judge is None else "external"}
+        info: dict = {
+            "round": i,
+            "judge": args.judge if self.external_judge is None else "external",
+            "num_seed_pairs_on_eval_prompts_dropped": self.num_seed_pairs_on_eval_prompts,
+        }
         if i == 0:
             train_dataset, reference = self.seed_pairs, self.base
             max_steps = args.max_steps
             info.update(num_seed_pairs=len(self.seed_pairs), num_self_pairs=0)
         else:
+            # The model at the start of the round, frozen: the judge's current model and the round's DPO reference.
+            reference = self._freeze_current_as(REFERENCE_ADAPTER)
             t = time.time()
-            self_pairs_dataset = self._generate(i)
+            self_pairs_dataset, num_tied = self._generate(i, reference)
             timings["generation_and_judging_s"] = round(time.time() - t, 2)
+            info.update(self._monitor(i, self_pairs_dataset, num_tied))
+            if len(self_pairs_dataset) == 0:
+                reason = (
+                    f"round {i}: the candidates of every prompt tied, so no self pair was formed (collapse). The "
+                    f"rounds stop here; round {i - 1} is the last one written."
+                )
+                logger.warning(reason)
+                self.summaries.append({**info, "stopped": reason, "timings": timings})
+                return False
             self_pairs = PreferencePairs(self_pairs_dataset, SOURCE_SELF, name=f"round {i} self pairs")
             train_dataset = MixedPreferenceDataset(self.seed_pairs, self_pairs)
-            reference = self._freeze_current_as(REFERENCE_ADAPTER)
             max_steps = self._self_round_steps(len(self_pairs))
-            info.update(self._monitor(i, self_pairs_dataset))
             info.update(num_seed_pairs=len(self.seed_pairs) if self.seed_pairs else 0, num_self_pairs=len(self_pairs))
         t = time.time()
         metrics = self._train_dpo(i, train_dataset, reference, max_steps)
@@ -339,6 +387,7 @@ class SAILTrainer:
             info["eval"] = self.evaluate_round()
             timings["evaluation_s"] = round(time.time() - t, 2)
         self._write_round(i, info)
+        return True
 
     def _self_round_steps(self, num_self: int) -> int:
         args = self.args
@@ -359,6 +408,8 @@ class SAILTrainer:
 
         values = {f.name: getattr(self.args, f.name) for f in fields(DiffusionDPOConfig) if f.init}
         values.update(
+            # The phase gets the pipeline object: tell it the frozen dtype this trainer declared.
+            model_init_kwargs={**(self.args.model_init_kwargs or {}), "torch_dtype": str(self.frozen_dtype)[6:]},
             output_dir=os.path.join(self.work_dir(i), "dpo"),
             max_steps=max_steps,
             seed=self.args.seed + i,
@@ -376,6 +427,12 @@ class SAILTrainer:
         final_dir = os.path.join(phase_args.output_dir, "final")
         trainer_class = DiffusionDPOTrainer if i == 0 else SAILRoundTrainer
         kwargs = {} if i == 0 else {"mixup_alpha": self.args.mixup_alpha}
+        metrics_path = os.path.join(final_dir, "metrics.json")
+        if os.path.isfile(metrics_path):
+            # The phase finished before a crash while writing the round: reuse its weights.
+            load_unet_checkpoint(self.unet, final_dir, POLICY_ADAPTER)
+            with open(metrics_path) as f:
+                return json.load(f)
         trainer = trainer_class(
             self.pipeline,
             ref_model=reference,
@@ -384,30 +441,35 @@ class SAILTrainer:
             callbacks=self.callbacks,
             **kwargs,
         )
-        self.last_dpo_trainer = trainer
-        metrics_path = os.path.join(final_dir, "metrics.json")
-        if os.path.isfile(metrics_path):
-            # The phase finished before a crash while writing the round: reuse its weights.
-            load_unet_checkpoint(self.unet, final_dir, POLICY_ADAPTER)
-            with open(metrics_path) as f:
-                return json.load(f)
         resume = get_last_checkpoint(phase_args.output_dir) if os.path.isdir(phase_args.output_dir) else None
         trainer.train(resume_from_checkpoint=resume)
-        logs = [h for h in trainer.state.log_history if "loss" in h]
+        # accelerate wrapped the UNet's forward in the phase's autocast (and a cast of its outputs to float32) and
+        # marked it prepared, which would stop the next phase from wrapping it. Undo both: every later forward
+        # (sampling, frozen copies, the next phase) must not depend on whether this phase ran in this process or
+        # finished before a resume.
+        trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+        trainer.model.__dict__.pop("_is_accelerate_prepared", None)
+        history = trainer.state.log_history
+        logs = [h for h in history if "loss" in h]
         metrics = {k: v for k, v in (logs[-1] if logs else {}).items() if isinstance(v, (int, float))}
         metrics["optimizer_steps"] = trainer.state.global_step
+        # Nothing of this phase (optimizer state, gradients, a frozen reference copy) may stay alive through the next
+        # round's generation: at SDXL scale that would be the memory of a second training run.
+        del trainer
+        free_memory()
         if self.state.is_main_process:
             with atomic_directory(final_dir) as tmp:
                 save_unet_checkpoint(self.unet, tmp, POLICY_ADAPTER)
                 write_json(os.path.join(tmp, "metrics.json"), metrics)
+                write_json(os.path.join(tmp, "log_history.json"), history)
         self.state.wait_for_everyone()
         return metrics
 
     # ------------------------------------------------------------------ generation and judging
-    def _judge(self, i: int):
+    def _judge(self, i: int, current: UNetView):
         if self.external_judge is not None:
             return self.external_judge
-        policy, reference = self.judge_views(i)
+        policy, reference = self.judge_views(i, current)
         return ImplicitDiffusionRewardScorer(
             policy,
             reference,
@@ -416,9 +478,12 @@ class SAILTrainer:
             num_draws=self.args.num_reward_draws,
             max_batch_size=self.args.scoring_batch_size,
             seed=self.args.seed + i,
+            autocast_dtype=self.autocast_dtype,
         )
 
-    def _generate(self, i: int) -> Dataset:
+    def _generate(self, i: int, current: UNetView) -> tuple[Dataset, int]:
+        """Round i's self pairs (generated by the current model, judged per `args.judge`) and the number of prompts
+        skipped because their candidates tied."""
         args = self.args
         directory = os.path.join(self.work_dir(i), "generation")
         ids = [pid for pid, _ in self.round_prompts[i - 1]]
@@ -436,36 +501,42 @@ class SAILTrainer:
 
             scheduler_class = DDPMScheduler if args.sampling_scheduler == "ddpm" else DDIMScheduler
             self.pipeline.scheduler = scheduler_class.from_config(original_scheduler.config)
-        self.unet.eval()
         try:
             with self.policy.active() as generator_unet:
                 CandidateGenerator(
                     self.pipeline,
                     generator_unet,
-                    self._judge(i),
+                    self._judge(i, current),
                     settings,
                     directory,
                     seed=args.seed + 1000 * i,
                     selection=args.pair_selection,
                     process_index=self.state.process_index,
                     num_processes=self.state.num_processes,
+                    autocast_dtype=self.autocast_dtype,
                 ).run(prompts, ids, show_progress=self.state.is_local_main_process)
         finally:
             self.pipeline.scheduler = original_scheduler
-            self.unet.train()
         self.state.wait_for_everyone()
-        return records_to_dataset(directory, ids)
+        num_tied = sum(1 for record in read_records(directory, include_skipped=True).values() if record.get("skipped"))
+        return records_to_dataset(directory, ids), num_tied
 
-    def _monitor(self, i: int, pairs: Dataset) -> dict:
-        """Collapse monitor: the judge's confidence on fresh draws, and the candidates' diversity."""
+    def _monitor(self, i: int, pairs: Dataset, num_tied: int = 0) -> dict:
+        """Collapse monitor: the judge's confidence on fresh draws, the candidates' diversity, and tied prompts."""
         confidence = [c for c in pairs["fresh_confidence"] if c == c]  # drop NaN (external judge)
-        diversity = sum(pairs["diversity"]) / len(pairs)
+        diversity = sum(pairs["diversity"]) / len(pairs) if len(pairs) else 0.0
         stats = {
-            "mean_p_selection": sum(pairs["p"]) / len(pairs),
+            "mean_p_selection": sum(pairs["p"]) / len(pairs) if len(pairs) else None,
             "mean_confidence_fresh_draws": sum(confidence) / len(confidence) if confidence else None,
             "mean_candidate_diversity": diversity,
+            "num_tied_prompts_skipped": num_tied,
             "warnings": [],
         }
+        if num_tied:
+            stats["warnings"].append(
+                f"round {i}: {num_tied} of {num_tied + len(pairs)} prompts were skipped because all their candidates "
+                "tied (identical rewards or images): collapse."
+            )
         threshold = self.args.collapse_confidence_threshold
         if stats["mean_confidence_fresh_draws"] is not None and stats["mean_confidence_fresh_draws"] > threshold:
             stats["warnings"].append(
@@ -482,7 +553,7 @@ class SAILTrainer:
                     f"{self.args.collapse_diversity_fraction} x round 1's ({reference:.4f}): candidates from different "
                     "seeds are becoming identical (collapse)."
                 )
-        if i == 1 and diversity == 0.0:
+        if i == 1 and diversity == 0.0 and len(pairs):
             stats["warnings"].append(
                 f"round {i}: all candidates of each prompt are identical (diversity 0): collapse."
             )
@@ -495,27 +566,23 @@ class SAILTrainer:
         from .evaluation.generation import generate_images
 
         args = self.args
-        self.unet.eval()
-        try:
-            with self.policy.active() as unet:
-                original, self.pipeline.unet = self.pipeline.unet, unet
-                try:
-                    images = generate_images(
-                        self.pipeline,
-                        list(args.eval_prompts),
-                        images_per_prompt=args.eval_images_per_prompt,
-                        seed=args.seed,
-                        num_inference_steps=args.sampling_num_inference_steps,
-                        guidance_scale=args.sampling_guidance_scale,
-                        height=args.resolution,
-                        width=args.resolution,
-                        show_progress=self.state.is_local_main_process,
-                        description="Evaluation images",
-                    )
-                finally:
-                    self.pipeline.unet = original
-        finally:
-            self.unet.train()
+        with self.policy.active() as unet, compute_autocast(self.state.device, self.autocast_dtype):
+            original, self.pipeline.unet = self.pipeline.unet, unet
+            try:
+                images = generate_images(
+                    self.pipeline,
+                    list(args.eval_prompts),
+                    images_per_prompt=args.eval_images_per_prompt,
+                    seed=args.seed,
+                    num_inference_steps=args.sampling_num_inference_steps,
+                    guidance_scale=args.sampling_guidance_scale,
+                    height=args.resolution,
+                    width=args.resolution,
+                    show_progress=self.state.is_local_main_process,
+                    description="Evaluation images",
+                )
+            finally:
+                self.pipeline.unet = original
         flat_images = [image for group in images for image in group]
         flat_prompts = [p for p, group in zip(args.eval_prompts, images) for _ in group]
         results = {}

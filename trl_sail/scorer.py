@@ -9,13 +9,14 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from .models import TextToImageModel, UNetConditioning, UNetView
+from .models import TextToImageModel, UNetConditioning, UNetView, compute_autocast, resolve_dtype
 from .rewards import denoising_errors, implicit_reward, preference_probability
+from .seeding import JUDGE_DRAWS, derived_generator
 
 
 def prompt_generator(seed: int, prompt_id: int) -> torch.Generator:
-    """A generator for one prompt, independent of batching and of which process handles the prompt."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + prompt_id) % (2**63 - 1))
+    """A generator for one prompt's draws, independent of batching and of which process handles the prompt."""
+    return derived_generator(seed, JUDGE_DRAWS, prompt_id)
 
 
 class ImplicitDiffusionRewardScorer:
@@ -34,8 +35,14 @@ class ImplicitDiffusionRewardScorer:
             forwards of a prompt group go through the UNet in `ceil(rows / max_batch_size)` calls; results do not
             depend on it (all randomness is drawn per prompt before batching).
         seed (`int`, defaults to 0): base seed; prompt `i` of a call uses its own generator seeded by (seed, id).
+        autocast_dtype (`torch.dtype` or `str`, *optional*): run both models under autocast to this half dtype
+            (`"bfloat16"`, `"float16"`), as mixed-precision training does; `None` runs them in their own dtype.
 
-    Raises `ValueError` if policy and reference are the same weights (every reward would be 0).
+    Both models always run in eval mode (no dropout) and under the same autocast, so a model judged against an equal
+    copy of itself gets rewards of exactly 0.
+
+    Raises `ValueError` if policy and reference are the same weights (every reward would be 0), or if they are stored
+    in different dtypes (the rewards would then measure rounding, not preference).
     """
 
     def __init__(
@@ -47,6 +54,7 @@ class ImplicitDiffusionRewardScorer:
         num_draws: int = 10,
         max_batch_size: int = 32,
         seed: int = 0,
+        autocast_dtype: torch.dtype | str | None = None,
     ):
         self.policy = policy if isinstance(policy, UNetView) else UNetView(policy)
         self.reference = reference if isinstance(reference, UNetView) else UNetView(reference)
@@ -54,6 +62,13 @@ class ImplicitDiffusionRewardScorer:
             raise ValueError(
                 "The policy and the reference are the same weights, so every implicit reward would be 0. Judge a "
                 "DPO-trained model against the model it started from (e.g. the anchor against the base)."
+            )
+        if self.policy.dtype != self.reference.dtype:
+            raise ValueError(
+                f"The judged model is stored in {self.policy.dtype} and its reference in {self.reference.dtype}: one "
+                "set of weights at two precisions already gives rewards of +-0.5, noise that would decide the picks. "
+                "Keep both in one dtype (e.g. `frozen_copy(unet, dtype)` for both) and set `autocast_dtype` for mixed "
+                "precision."
             )
         if num_draws < 1:
             raise ValueError(f"num_draws (K) must be >= 1, got {num_draws}.")
@@ -64,6 +79,7 @@ class ImplicitDiffusionRewardScorer:
         self.num_draws = num_draws
         self.max_batch_size = max_batch_size
         self.seed = seed
+        self.autocast_dtype = resolve_dtype(autocast_dtype)
 
     # ----- errors -----
     def _draws(self, latent_shape, prompt_ids) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +103,7 @@ class ImplicitDiffusionRewardScorer:
         flat_t = timesteps[:, None].expand(-1, num_candidates, -1).reshape(-1)
         prompt_index = torch.arange(num_prompts).repeat_interleave(num_candidates * k)
         errors = []
-        with view.active() as unet:
+        with view.active() as unet, compute_autocast(device, self.autocast_dtype):
             for start in range(0, len(flat_latents), self.max_batch_size):
                 rows = slice(start, start + self.max_batch_size)
                 errors.append(

@@ -9,14 +9,9 @@ import json
 import os
 import string
 
+import diffusers
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDPMScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 
@@ -60,8 +55,27 @@ def _text_config(vocab_size: int, hidden_size: int, max_length: int, projection_
     )
 
 
-def build_tiny_vae(image_size: int = 32) -> AutoencoderKL:
-    """A VAE that maps `image_size` pixels to `image_size // 4` latents with 4 channels."""
+# What the real checkpoints ship: SD1.5 samples with PNDM, SDXL with Euler; both were trained with the same DDPM
+# schedule (scaled-linear betas 0.00085..0.012 over 1000 steps). The VAE scaling factors are SD1.5's and SDXL's.
+SHIPPED_SCHEDULERS = {"sd15": "PNDMScheduler", "sdxl": "EulerDiscreteScheduler"}
+VAE_SCALING_FACTORS = {"sd15": 0.18215, "sdxl": 0.13025}
+SD_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    steps_offset=1,
+    clip_sample=False,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    timestep_spacing="leading",
+    interpolation_type="linear",
+    use_karras_sigmas=False,
+)
+
+
+def build_tiny_vae(image_size: int = 32, scaling_factor: float = 0.18215) -> AutoencoderKL:
+    """A VAE that maps `image_size` pixels to `image_size // 4` latents with 4 channels (`force_upcast` as SD's)."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -72,6 +86,8 @@ def build_tiny_vae(image_size: int = 32) -> AutoencoderKL:
         latent_channels=4,
         norm_num_groups=8,
         sample_size=image_size,
+        scaling_factor=scaling_factor,
+        force_upcast=True,
     )
 
 
@@ -105,17 +121,10 @@ def build_tiny_unet(
     )
 
 
-def build_tiny_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
-    """The SD1.5 noise schedule (scaled-linear betas, 1000 steps)."""
-    return DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
+def build_tiny_scheduler(prediction_type: str = "epsilon", scheduler: str = "DDPMScheduler"):
+    """A diffusers scheduler of class `scheduler` with Stable Diffusion's noise schedule (scaled-linear betas, 1000
+    steps) and its shipped settings; keys a class does not know are ignored by `from_config`."""
+    return getattr(diffusers, scheduler).from_config({**SD_SCHEDULER_CONFIG, "prediction_type": prediction_type})
 
 
 def build_tiny_pipeline(
@@ -127,16 +136,21 @@ def build_tiny_pipeline(
     text_hidden_size: int = 32,
     unet_block_out_channels: tuple[int, ...] = (32, 64),
     max_length: int = 48,
+    scheduler: str | None = None,
 ) -> str:
-    """Build a tiny SD1.5-type (`kind="sd15"`) or SDXL-type (`kind="sdxl"`) pipeline, save it, return its path."""
+    """Build a tiny SD1.5-type (`kind="sd15"`) or SDXL-type (`kind="sdxl"`) pipeline, save it, return its path.
+
+    `scheduler` is the class name of the sampling scheduler it ships; by default the real checkpoint's (SD1.5: PNDM,
+    SDXL: Euler). The VAE has the real scaling factor and `force_upcast`.
+    """
     if kind not in ("sd15", "sdxl"):
         raise ValueError(f"kind must be 'sd15' or 'sdxl', got {kind!r}.")
     torch.manual_seed(seed)
     tokenizer = write_char_tokenizer(os.path.join(directory, "tokenizer"), max_length=max_length)
     text_config = _text_config(len(tokenizer), text_hidden_size, max_length, projection_dim=text_hidden_size)
     components = dict(
-        vae=build_tiny_vae(image_size),
-        scheduler=build_tiny_scheduler(prediction_type),
+        vae=build_tiny_vae(image_size, scaling_factor=VAE_SCALING_FACTORS[kind]),
+        scheduler=build_tiny_scheduler(prediction_type, scheduler or SHIPPED_SCHEDULERS[kind]),
         tokenizer=tokenizer,
         text_encoder=CLIPTextModel(text_config),
     )

@@ -1,13 +1,14 @@
 """Validation images, as the diffusers training scripts do it: fixed prompts and seeds, sampled every N steps and at
 the end, saved under `output_dir/validation/` and logged to the trackers of `report_to`."""
 
-import contextlib
 import os
 
 import numpy as np
 import torch
 from PIL import Image
 from transformers import TrainerCallback
+
+from .models import UNetView, compute_autocast
 
 
 def image_grid(images: list[Image.Image], rows: int, cols: int) -> Image.Image:
@@ -19,24 +20,21 @@ def image_grid(images: list[Image.Image], rows: int, cols: int) -> Image.Image:
 
 
 @torch.no_grad()
-def sample_images(pipeline, unet, prompts, seeds, num_inference_steps, guidance_scale, resolution, device):
-    """One image per (prompt, seed), with `unet` swapped into the pipeline. Returns a list of PIL images."""
+def sample_images(
+    pipeline, unet, prompts, seeds, num_inference_steps, guidance_scale, resolution, device, autocast_dtype=None
+):
+    """One image per (prompt, seed), with `unet` swapped into the pipeline. Returns a list of PIL images.
+
+    The UNet runs in eval mode under the training's autocast (`autocast_dtype`, see `trl_sail.models`).
+    """
     original_unet = pipeline.unet
-    pipeline.unet = unet
-    was_training = unet.training
-    unet.eval()
-    # The pipeline feeds the UNet latents in the text encoder's dtype; a float32 trained UNet next to bf16/fp16 frozen
-    # parts (`torch_dtype` in `model_init_kwargs`) would then see mixed dtypes: run under autocast in that case.
-    frozen_dtype = pipeline.text_encoder.dtype
-    device_type = torch.device(device).type if device is not None else unet.device.type
-    mixed = frozen_dtype != unet.dtype
     try:
         images = []
-        for prompt in prompts:
-            for seed in seeds:
-                generator = torch.Generator(device="cpu").manual_seed(seed)
-                context = torch.autocast(device_type, dtype=frozen_dtype) if mixed else contextlib.nullcontext()
-                with context:
+        with UNetView(unet).active(), compute_autocast(device or unet.device, autocast_dtype):
+            pipeline.unet = unet
+            for prompt in prompts:
+                for seed in seeds:
+                    generator = torch.Generator(device="cpu").manual_seed(seed)
                     output = pipeline(
                         prompt,
                         num_inference_steps=num_inference_steps,
@@ -45,11 +43,10 @@ def sample_images(pipeline, unet, prompts, seeds, num_inference_steps, guidance_
                         width=resolution,
                         generator=generator,
                     )
-                images += output.images
+                    images += output.images
         return images
     finally:
         pipeline.unet = original_unet
-        unet.train(was_training)
 
 
 class ValidationImagesCallback(TrainerCallback):
@@ -83,6 +80,7 @@ class ValidationImagesCallback(TrainerCallback):
             args.validation_guidance_scale,
             trainer.resolution,
             trainer.accelerator.device,
+            trainer.autocast_dtype,
         )
         grid = image_grid(images, rows=len(args.validation_prompts), cols=len(seeds))
         directory = os.path.join(args.output_dir, "validation")

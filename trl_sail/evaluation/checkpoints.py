@@ -12,12 +12,17 @@ Every file is read with `safetensors` or with `torch.load(weights_only=True)`: n
 """
 
 import json
+import logging
 import math
 import os
 import re
+from collections.abc import Callable
 
 import torch
 from safetensors.torch import load_file
+
+
+logger = logging.getLogger(__name__)
 
 
 class ScorerLoadingError(OSError):
@@ -106,15 +111,72 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {key.removeprefix("module."): value for key, value in state_dict.items()}
 
 
-def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
-    """`model.load_state_dict(state_dict)`, with every missing or unexpected key reported by name."""
-    result = model.load_state_dict(state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+def _some(keys: list[str], limit: int = 10) -> str:
+    return ", ".join(keys[:limit]) + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_into(
+    model: torch.nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    what: str,
+    hint: str = "",
+    unexpected: str = "error",
+    checkpoint_key: Callable[[str], str] | None = None,
+) -> None:
+    """`model.load_state_dict(state_dict)`, after checking every key and shape, with problems reported by name.
+
+    A key the model needs but the state dict lacks, or a tensor whose shape differs from the model's, always raises:
+    loading what remains would score with random or misplaced weights. (`load_state_dict(strict=False)` would report
+    the first and raise a bare `RuntimeError` on the second.)
+
+    Args:
+        model (`torch.nn.Module`):
+            The model to fill.
+        state_dict (`dict[str, torch.Tensor]`):
+            Tensors under the model's key names.
+        what (`str`):
+            Human-readable name of the checkpoint, used in messages (e.g. `"ImageReward checkpoint /ckpt/x.pt"`).
+        hint (`str`, *optional*):
+            How to fix a mismatch, appended to the error message.
+        unexpected (`str`, *optional*, defaults to `"error"`):
+            What keys the model does not have cause: `"error"`, or `"warn"` (logged, then ignored).
+        checkpoint_key (`Callable[[str], str]`, *optional*):
+            Maps a model key to the name the checkpoint file uses, so that messages name keys as the file spells them.
+
+    Raises:
+        [`ScorerLoadingError`]: on missing keys, misshapen tensors, and (with `unexpected="error"`) unexpected keys.
+    """
+    if unexpected not in ("error", "warn"):
+        raise ValueError(f"unexpected must be 'error' or 'warn', got {unexpected!r}.")
+    name = checkpoint_key or (lambda key: key)
+    expected = model.state_dict()
+    missing = [name(key) for key in expected if key not in state_dict]
+    misshapen = [
+        f"{name(key)} {tuple(tensor.shape)} (expected {tuple(expected[key].shape)})"
+        for key, tensor in state_dict.items()
+        if key in expected and tensor.shape != expected[key].shape
+    ]
+    extra = [name(key) for key in state_dict if key not in expected]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_some(missing)}")
+    if misshapen:
+        problems.append(f"tensors of the wrong shape: {_some(misshapen)}")
+    if extra and unexpected == "error":
+        problems.append(f"unexpected keys: {_some(extra)}")
+    if problems:
         raise ScorerLoadingError(
-            f"The {what} does not match the expected architecture. Missing keys: {result.missing_keys[:10]} "
-            f"({len(result.missing_keys)} in all); unexpected keys: {result.unexpected_keys[:10]} "
-            f"({len(result.unexpected_keys)} in all)."
+            f"The {what} does not match the expected architecture; " + "; ".join(problems) + f". {hint}".rstrip()
         )
+    if extra:
+        logger.warning(
+            "Ignoring %d unknown key(s) in the %s: %s. If they belong to the model, the file is not the checkpoint "
+            "this scorer expects and its scores will be wrong.",
+            len(extra),
+            what,
+            _some(extra, limit=len(extra)),
+        )
+    model.load_state_dict(state_dict, strict=False)  # every key was checked above
 
 
 # --- open_clip -> transformers CLIPModel -------------------------------------------------------------------------------
@@ -229,8 +291,22 @@ _VIT_BLOCK_RENAMES = {
     "mlp.fc2": "mlp.fc2",
 }
 _VIT_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$")
-# BLIP's contrastive projections are not used by ImageReward's score.
-_IMAGE_REWARD_IGNORED_PREFIXES = ("blip.vision_proj.", "blip.text_proj.")
+# The inverse renames, to name keys in error messages as ImageReward.pt spells them.
+_VIT_RENAMES_BACK = {new: old for old, new in _VIT_RENAMES.items()}
+_VIT_BLOCK_RENAMES_BACK = {new: old for old, new in _VIT_BLOCK_RENAMES.items()}
+_VIT_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+# Keys of the real `ImageReward.pt` that the score never reads. The authors load the file with
+# `load_state_dict(strict=False)`, so it keeps what BLIP's pretraining left: the image and text projections of the
+# contrastive (retrieval) heads, and the text embeddings' `position_ids` buffer, which `BlipTextModel` rebuilds.
+# They are dropped silently; any other extra key is logged as a warning.
+IMAGE_REWARD_UNUSED_KEYS = (
+    "blip.vision_proj.weight",
+    "blip.vision_proj.bias",
+    "blip.text_proj.weight",
+    "blip.text_proj.bias",
+    "blip.text_encoder.embeddings.position_ids",
+)
 
 
 def convert_image_reward_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -245,15 +321,20 @@ def convert_image_reward_state_dict(state_dict: dict[str, torch.Tensor]) -> dict
     | `blip.text_encoder.*` (BLIP "med" BERT) | `text_model.*` (`BlipTextModel`, the port of the same code: names are equal) |
     | `mlp.layers.{0,2,4,6,7}.*` | `mlp.layers.{0,2,4,6,7}.*` |
 
-    `blip.vision_proj`, `blip.text_proj` (BLIP's contrastive heads) and `position_ids` buffers are dropped.
+    The keys in `IMAGE_REWARD_UNUSED_KEYS` (`blip.vision_proj.*`, `blip.text_proj.*`: BLIP's contrastive heads;
+    `blip.text_encoder.embeddings.position_ids`: a buffer) are dropped. Keys outside the mapping are kept under their
+    own names, so that [`load_into`] reports them (the scorer logs a warning and ignores them).
 
-    Raises:
-        `ValueError`: on keys outside the mapping.
+    Args:
+        state_dict (`dict[str, torch.Tensor]`): the ImageReward state dict (a DDP `module.` prefix is allowed).
+
+    Returns:
+        `dict[str, torch.Tensor]`: the same tensors under `ImageRewardModel` names.
     """
-    converted, unknown = {}, []
+    converted = {}
     for key, value in state_dict.items():
         key = key.removeprefix("module.")
-        if key.endswith("position_ids") or key.startswith(_IMAGE_REWARD_IGNORED_PREFIXES):
+        if key in IMAGE_REWARD_UNUSED_KEYS:
             continue
         if key.startswith("mlp."):
             converted[key] = value
@@ -268,21 +349,53 @@ def convert_image_reward_state_dict(state_dict: dict[str, torch.Tensor]) -> dict
                 layer, module, parameter = match.groups()
                 converted[f"vision_model.encoder.layers.{layer}.{_VIT_BLOCK_RENAMES[module]}.{parameter}"] = value
             else:
-                unknown.append(key)
+                converted[key] = value
         else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f"Unsupported ImageReward checkpoint keys: {unknown[:10]}")
+            converted[key] = value
     return converted
 
 
-def image_reward_vision_config_kwargs(state_dict: dict[str, torch.Tensor]) -> dict:
+def image_reward_checkpoint_key(key: str) -> str:
+    """The name `ImageReward.pt` uses for an `ImageRewardModel` key (the inverse of the renaming); other keys as is."""
+    if key.startswith("text_model."):
+        return "blip.text_encoder." + key.removeprefix("text_model.")
+    if key.startswith("vision_model."):
+        rest = key.removeprefix("vision_model.")
+        match = _VIT_LAYER.match(rest)
+        if rest in _VIT_RENAMES_BACK:
+            return "blip.visual_encoder." + _VIT_RENAMES_BACK[rest]
+        if match is not None and match.group(2) in _VIT_BLOCK_RENAMES_BACK:
+            layer, module, parameter = match.groups()
+            return f"blip.visual_encoder.blocks.{layer}.{_VIT_BLOCK_RENAMES_BACK[module]}.{parameter}"
+    return key
+
+
+def image_reward_vision_config_kwargs(
+    state_dict: dict[str, torch.Tensor], what: str = "ImageReward checkpoint"
+) -> dict:
     """Read the BLIP ViT's shape from an ImageReward checkpoint (converted keys): `BlipVisionConfig` keyword arguments.
 
     Width, depth, patch size, image size and MLP width are read from tensor shapes. The number of heads is not visible
     in the weights: BLIP's ViTs (ViT-B: 768/12, ViT-L: 1024/16, the one ImageReward uses) all have 64-dim heads, so
-    `num_attention_heads = hidden_size // 64`. BLIP's timm ViT uses exact GELU and LayerNorm eps 1e-6.
+    `num_attention_heads = hidden_size // 64`. BLIP's timm ViT uses exact GELU and LayerNorm eps 1e-6. `what` names
+    the checkpoint in error messages.
+
+    Raises:
+        [`ScorerLoadingError`]: when a tensor the shape is read from is missing.
     """
+    required = (
+        "vision_model.embeddings.class_embedding",
+        "vision_model.embeddings.patch_embedding.weight",
+        "vision_model.embeddings.position_embedding",
+        "vision_model.encoder.layers.0.mlp.fc1.weight",
+    )
+    missing = [image_reward_checkpoint_key(key) for key in required if key not in state_dict]
+    if missing:
+        raise ScorerLoadingError(
+            f"The {what} lacks {', '.join(missing)}, from which the image encoder's shape is read: "
+            "it is incomplete or not an ImageReward checkpoint. Pass the unmodified `ImageReward.pt` from "
+            "`THUDM/ImageReward` (download it again if it may be truncated)."
+        )
     hidden_size = state_dict["vision_model.embeddings.class_embedding"].shape[-1]
     patch_size = state_dict["vision_model.embeddings.patch_embedding.weight"].shape[-1]
     num_positions = state_dict["vision_model.embeddings.position_embedding"].shape[1]

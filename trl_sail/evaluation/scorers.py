@@ -12,9 +12,12 @@ Every scorer takes a Hub id or a local path for each file it needs, a device, a 
 """
 
 import contextlib
+import html
 import os
+import re
 from collections.abc import Sequence
 
+import ftfy
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,6 +40,7 @@ from .checkpoints import (
     ScorerLoadingError,
     convert_image_reward_state_dict,
     convert_open_clip_state_dict,
+    image_reward_checkpoint_key,
     image_reward_text_config_kwargs,
     image_reward_vision_config_kwargs,
     load_into,
@@ -68,7 +72,7 @@ DEFAULT_AESTHETIC_HEAD = os.path.join(
 )
 
 # Published preprocessing constants.
-CLIP_IMAGE_SIZE = 224  # resize the shorter side to 224 (bicubic), then center-crop 224 x 224
+CLIP_IMAGE_SIZE = 224  # every scorer's ViT sees 224 x 224 pixels
 CLIP_MAX_LENGTH = 77  # CLIP's text context
 IMAGE_REWARD_MAX_LENGTH = 35  # ImageReward pads/truncates prompts to 35 BERT tokens
 IMAGE_REWARD_MEAN = 0.16717362830052426  # ImageReward's reward normalisation: (r - mean) / std
@@ -101,7 +105,8 @@ def openai_clip_image_processor(size: int = CLIP_IMAGE_SIZE) -> CLIPImageProcess
 
     Resize the shorter side to `size` (bicubic), center-crop `size` x `size`, convert to RGB, scale to [0, 1] and
     normalise with the OpenAI CLIP mean and std. The PIL backend is used so that resizing matches the PIL-based
-    originals whether or not torchvision is installed.
+    originals whether or not torchvision is installed. Used by ImageReward and the aesthetic predictor; not by HPSv2,
+    which pads instead of cropping ([`hpsv2_pixel_values`]).
     """
     return CLIPImageProcessorPil(
         size={"shortest_edge": size},
@@ -115,6 +120,54 @@ def openai_clip_image_processor(size: int = CLIP_IMAGE_SIZE) -> CLIPImageProcess
         image_std=list(OPENAI_CLIP_STD),
         do_convert_rgb=True,
     )
+
+
+def hpsv2_pixel_values(images: Sequence[Image.Image], size: int = CLIP_IMAGE_SIZE) -> torch.Tensor:
+    """HPSv2's image transform: fit the whole image inside `size` x `size` and pad, instead of cropping.
+
+    HPSv2's scoring code builds open_clip's eval transform with `resize_longest_max=True`: the RGB image is scaled to
+    [0, 1], its longer side resized to `size` (bicubic, antialiased, on the float tensor, as torchvision resizes
+    tensors), the shorter side padded with 0 (black, before normalisation) split evenly (the odd pixel goes right or
+    bottom), then normalised with the OpenAI CLIP mean and std. torchvision is not needed: its tensor resize is
+    `torch.nn.functional.interpolate(mode="bicubic", antialias=True, align_corners=False)`.
+
+    Args:
+        images (`Sequence[PIL.Image.Image]`):
+            The images, any size.
+        size (`int`, *optional*, defaults to `224`):
+            The side of the square output.
+
+    Returns:
+        `torch.Tensor`: float32 pixel values of shape `[len(images), 3, size, size]`.
+    """
+    mean = torch.tensor(OPENAI_CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_STD, dtype=torch.float32).view(3, 1, 1)
+    batch = []
+    for image in images:
+        pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).float() / 255
+        height, width = pixels.shape[1:]
+        scale = size / max(height, width)
+        new_height, new_width = round(height * scale), round(width * scale)  # open_clip's rounding
+        if (new_height, new_width) != (height, width):
+            pixels = F.interpolate(
+                pixels[None], size=(new_height, new_width), mode="bicubic", align_corners=False, antialias=True
+            )[0]
+        # open_clip skips the padding when the longer side is already `size`; padding anyway keeps every output square.
+        pad_h, pad_w = size - new_height, size - new_width
+        pixels = F.pad(pixels, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
+        batch.append((pixels - mean) / std)
+    return torch.stack(batch)
+
+
+def clean_prompt_like_open_clip(text: str) -> str:
+    """The text cleaning open_clip's tokenizer applies before its BPE, which HPSv2 was trained and is scored with.
+
+    `ftfy.fix_text`, HTML entities unescaped twice (so `&amp;amp;` becomes `&`), whitespace runs collapsed to one
+    space, ends stripped, lower-cased. The `transformers` CLIP tokenizer does only the last two, so
+    `"a cat &amp; a dog"` would otherwise reach the model as other tokens than HPSv2 saw in training.
+    """
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip().lower()
 
 
 def to_pil_image(image) -> Image.Image:
@@ -235,16 +288,18 @@ class Scorer:
         raise NotImplementedError
 
 
+def _clip_tokenize(tokenizer, prompts: list[str]):
+    # Causal text attention: the end-of-text feature does not depend on the padding length, so padding to the
+    # longest prompt (PickScore's reference) equals open_clip's fixed 77-token padding.
+    return tokenizer(prompts, padding=True, truncation=True, max_length=CLIP_MAX_LENGTH, return_tensors="pt")
+
+
 def _clip_embeddings(
-    model: CLIPModel, image_processor, tokenizer, images: list[Image.Image], prompts: list[str], dtype: torch.dtype
+    model: CLIPModel, pixel_values: torch.Tensor, text, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised projected image and text embeddings of a `CLIPModel`, in float32."""
     device = model.logit_scale.device
-    pixel_values = image_processor(images=images, return_tensors="pt").pixel_values.to(device, dtype)
-    # Causal text attention: the end-of-text feature does not depend on the padding length, so padding to the
-    # longest prompt (PickScore's reference) equals open_clip's fixed 77-token padding.
-    text = tokenizer(prompts, padding=True, truncation=True, max_length=CLIP_MAX_LENGTH, return_tensors="pt")
-    image_embeds = model.get_image_features(pixel_values=pixel_values).pooler_output.float()
+    image_embeds = model.get_image_features(pixel_values=pixel_values.to(device, dtype)).pooler_output.float()
     text_embeds = model.get_text_features(
         input_ids=text.input_ids.to(device), attention_mask=text.attention_mask.to(device)
     ).pooler_output.float()
@@ -304,8 +359,9 @@ class PickScoreScorer(Scorer):
         self.sources = {"model": model_name_or_path, "processor": processor_name_or_path}
 
     def _score_batch(self, images, prompts):
+        pixel_values = self.image_processor(images=images, return_tensors="pt").pixel_values
         image_embeds, text_embeds = _clip_embeddings(
-            self.model, self.image_processor, self.tokenizer, images, prompts, self.dtype
+            self.model, pixel_values, _clip_tokenize(self.tokenizer, prompts), self.dtype
         )
         return self.model.logit_scale.float().exp() * (image_embeds * text_embeds).sum(dim=-1)
 
@@ -326,8 +382,9 @@ class HPSv2Scorer(Scorer):
     checkpoint is an open_clip state dict; it is converted with
     [`~trl_sail.evaluation.checkpoints.convert_open_clip_state_dict`] and loaded into a `transformers.CLIPModel` built
     from the config of `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` (the open_clip model HPSv2 starts from), so open_clip
-    and torchvision are not needed. Images go through open_clip's eval transform (resize 224 bicubic, center crop,
-    OpenAI CLIP mean/std); prompts through the CLIP BPE tokenizer (77 tokens).
+    and torchvision are not needed. Images go through HPSv2's transform, which pads rather than crops
+    ([`hpsv2_pixel_values`]: longer side to 224, bicubic, black padding, OpenAI CLIP mean/std); prompts are cleaned as
+    open_clip cleans them ([`clean_prompt_like_open_clip`]), then tokenized by the CLIP BPE tokenizer (77 tokens).
 
     Args:
         model_name_or_path (`str`, *optional*, defaults to `"xswu/HPSv2"`):
@@ -373,7 +430,6 @@ class HPSv2Scorer(Scorer):
         self.tokenizer = _from_pretrained(
             AutoTokenizer.from_pretrained, processor_name_or_path, "CLIP tokenizer", hint
         )
-        self.image_processor = openai_clip_image_processor()
         state_dict = convert_open_clip_state_dict(load_state_dict(checkpoint))
         with no_init_weights():
             model = CLIPModel(config)
@@ -383,9 +439,14 @@ class HPSv2Scorer(Scorer):
         if model_name_or_path != checkpoint:
             self.sources["model"] = model_name_or_path
 
+    def tokenize(self, prompts: list[str]):
+        """Token ids and attention mask of `prompts`, cleaned as open_clip cleans them (see
+        [`clean_prompt_like_open_clip`])."""
+        return _clip_tokenize(self.tokenizer, [clean_prompt_like_open_clip(prompt) for prompt in prompts])
+
     def _score_batch(self, images, prompts):
         image_embeds, text_embeds = _clip_embeddings(
-            self.model, self.image_processor, self.tokenizer, images, prompts, self.dtype
+            self.model, hpsv2_pixel_values(images), self.tokenize(prompts), self.dtype
         )
         return 100.0 * (image_embeds * text_embeds).sum(dim=-1)
 
@@ -397,7 +458,9 @@ class ImageRewardScorer(Scorer):
     to `transformers`' `BlipVisionModel` and `BlipTextModel` (see
     [`~trl_sail.evaluation.checkpoints.convert_image_reward_state_dict`]); the ViT's shape is read from the checkpoint
     and the BERT's from `med_config.json`. Images: resize 224 bicubic, center crop, OpenAI CLIP mean/std. Prompts:
-    BERT-base-uncased WordPiece (plus BLIP's `[DEC]` and `[ENC]` tokens), padded/truncated to 35 tokens.
+    BERT-base-uncased WordPiece (plus BLIP's `[DEC]` and `[ENC]` tokens), padded/truncated to 35 tokens. As with the
+    authors' loader, the checkpoint's unused keys are ignored (`IMAGE_REWARD_UNUSED_KEYS` silently, others with a
+    warning); a missing key or a tensor of the wrong shape raises [`ScorerLoadingError`].
 
     Args:
         model_name_or_path (`str`, *optional*, defaults to `"THUDM/ImageReward"`):
@@ -448,7 +511,8 @@ class ImageRewardScorer(Scorer):
         self.image_processor = openai_clip_image_processor()
 
         state_dict = convert_image_reward_state_dict(load_state_dict(checkpoint))
-        vision_config = BlipVisionConfig(**image_reward_vision_config_kwargs(state_dict))
+        what = f"ImageReward checkpoint {checkpoint}"
+        vision_config = BlipVisionConfig(**image_reward_vision_config_kwargs(state_dict, what))
         text_config = BlipTextConfig(**image_reward_text_config_kwargs(med_config, vision_config.hidden_size))
         if len(self.tokenizer) > text_config.vocab_size:
             raise ScorerLoadingError(
@@ -457,7 +521,19 @@ class ImageRewardScorer(Scorer):
             )
         with no_init_weights():
             model = ImageRewardModel(vision_config, text_config)
-        load_into(model, state_dict, f"ImageReward checkpoint {checkpoint}")
+        # The authors load with strict=False, so extra keys are ignored here too (with a warning, unless they are the
+        # known unused ones); a missing or misshapen tensor fails now, rather than scoring with random weights.
+        load_into(
+            model,
+            state_dict,
+            what,
+            hint=(
+                f"Pass the unmodified `{IMAGE_REWARD_CHECKPOINT}` with the `{IMAGE_REWARD_MED_CONFIG}` published beside "
+                f"it in `{IMAGE_REWARD_REPO}` (download them again if they may be truncated or edited)."
+            ),
+            unexpected="warn",
+            checkpoint_key=image_reward_checkpoint_key,
+        )
         model.to(self.device, self.dtype)
         model.mlp.float()  # the reference computes the head in float32
         self.model = model.eval()

@@ -332,6 +332,7 @@ def pretrain_pipeline(directory: str, config, log: Callable[[str], None] | None 
         seed=config.seed,
         text_hidden_size=config.text_hidden_size,
         unet_block_out_channels=tuple(config.unet_block_out_channels),
+        scheduler="DDPMScheduler",  # the sandbox world's own choice (it samples with DDIM; training is DDPM anyway)
     )
     images, prompts = render_corpus(config.corpus_size, config.image_size, seed=config.seed)
     timings["render_s"] = time.perf_counter() - start
