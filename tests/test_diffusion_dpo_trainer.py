@@ -688,3 +688,24 @@ def test_frozen_reference_runs_in_the_training_mixed_precision(tiny_sd15_path, m
     for hook in hooks:
         hook.remove()
     assert dtypes == {"policy": torch.bfloat16, "reference": torch.bfloat16}
+
+
+def test_rpo_alpha_adds_the_chosen_images_nll_in_reward_units(tiny_sd15_path, make_pair_dataset, tmp_path):
+    beta, alpha = 2000.0, 0.3
+    trainer = DiffusionDPOTrainer(
+        tiny_sd15_path, args=make_args(tmp_path, beta=beta), train_dataset=make_pair_dataset(4)
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    noise = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    trainer.pair_errors = partial(trainer.pair_errors, noise=noise, timesteps=torch.tensor([3, 250, 600, 990]))
+    with torch.no_grad():
+        plain = trainer.compute_loss(trainer.model, batch)
+        latents_w, latents_l, conditioning = trainer.encode_batch(batch)
+        (policy_w, _), _ = trainer.pair_errors(trainer.model, latents_w, latents_l, conditioning)
+        trainer.args.rpo_alpha = alpha
+        with_sft = trainer.compute_loss(trainer.model, batch)
+    expected = plain + alpha * 0.5 * beta * policy_w.mean()
+    torch.testing.assert_close(with_sft, expected, rtol=1e-5, atol=0)
+    assert trainer._metrics["train"]["loss/sft"][-1] == pytest.approx(0.5 * beta * float(policy_w.mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="rpo_alpha must be >= 0"):
+        make_args(tmp_path, rpo_alpha=-1.0)

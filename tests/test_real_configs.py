@@ -112,7 +112,9 @@ def test_trainer_noises_with_the_ddpm_forward_process_whatever_the_shipped_sched
     assert recorders["policy"].inputs[0][0].std() < 2.0
 
 
-@pytest.mark.parametrize("kind, scheduler", [("sd15", "PNDMScheduler"), ("sdxl", "EulerDiscreteScheduler")])
+@pytest.mark.parametrize(
+    "kind, scheduler", [("sd15", name) for name in SHIPPED_SCHEDULERS] + [("sdxl", "EulerDiscreteScheduler")]
+)
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_judge_noises_with_the_ddpm_forward_process_and_computes_the_reward_by_hand(
     scheduler_pipelines, kind, scheduler, prediction_type

@@ -51,7 +51,11 @@ def unet_output(unet, seed=0):
         ({"num_candidates": 1}, "num_candidates \\(N\\) must be >= 2"),
         ({"num_reward_draws": 0}, "num_reward_draws \\(K\\) must be >= 1"),
         ({"start_from_aligned": True}, "judge_base_model"),
-        ({"judge": "oracle"}, "judge must be one of"),
+        ({"judge": "oracle"}, "Unknown judge 'oracle'"),
+        ({"judge": "anchor@500-100"}, "low < high"),
+        ({"judge": "auto", "judge_holdout_fraction": 0.0}, "holds none out"),
+        ({"judge_holdout_fraction": 1.0}, "judge_holdout_fraction must be in"),
+        ({"early_stopping_patience": 0}, "early_stopping_patience must be >= 1"),
         ({"prompts_per_round": [1, 2, 3], "num_rounds": 2}, "one per round"),
     ],
 )
@@ -437,6 +441,7 @@ def test_candidate_seeds_are_distinct_for_any_number_of_candidates():
 def test_the_round_1_judge_is_exact_in_bf16(pipeline_path, tmp_path):
     """bf16 frozen parts, bf16 mixed precision: the anchor (a copy of the trained float32 UNet) and the base (a copy of
     the loaded UNet) are the same weights before any training, so the judge's rewards are exactly 0."""
+    from trl_sail.judge import JudgeSpec
     from trl_sail.sail_trainer import ANCHOR_ADAPTER, REFERENCE_ADAPTER
 
     for mode in ("full", "lora"):
@@ -446,7 +451,7 @@ def test_the_round_1_judge_is_exact_in_bf16(pipeline_path, tmp_path):
             peft_config=sail_run.lora_config() if mode == "lora" else None,
         )  # fmt: skip
         trainer.anchor = trainer._freeze_current_as(ANCHOR_ADAPTER)
-        scorer = trainer._judge(1, trainer._freeze_current_as(REFERENCE_ADAPTER))
+        scorer = trainer._scorer(1, JudgeSpec("paper"), trainer._freeze_current_as(REFERENCE_ADAPTER), seed=0)
         latents = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
         rewards = scorer.score_latents(latents, ["a shape", "a tile"])
         assert torch.equal(rewards, torch.zeros_like(rewards)), mode

@@ -8,8 +8,10 @@ Images may be PIL images, encoded bytes (JPEG/PNG), `{"bytes": ..., "path": ...}
 them, or file paths. Rows are read lazily: nothing is decoded until a batch needs it.
 """
 
+import copy
 import io
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -133,6 +135,24 @@ class PreferencePairs(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def subset(self, positions) -> "PreferencePairs":
+        """The pairs at `positions` of this view, as a new view of the same dataset (nothing is copied)."""
+        view = copy.copy(self)
+        view.indices = self.indices[np.asarray(positions, dtype=np.int64)]
+        view.winner_is_first = self.winner_is_first[np.asarray(positions, dtype=np.int64)]
+        view.latent_cache = None
+        return view
+
+    def split(
+        self, fraction: float, seed: int = 0, max_count: int | None = None
+    ) -> tuple["PreferencePairs", "PreferencePairs"]:
+        """(rest, held out): a seeded random `fraction` of the pairs (at least one when `fraction > 0`, at most
+        `max_count`) held out."""
+        count = min(len(self) - 1, math.ceil(fraction * len(self))) if fraction > 0 else 0
+        count = count if max_count is None else min(count, max_count)
+        order = np.random.default_rng(seed).permutation(len(self))
+        return self.subset(np.sort(order[count:])), self.subset(np.sort(order[:count]))
 
     def row(self, index: int) -> dict:
         """The `index`-th pair, images not yet decoded: {"prompt", "chosen", "rejected", "row"}."""

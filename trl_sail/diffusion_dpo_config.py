@@ -64,6 +64,11 @@ class DiffusionDPOConfig(TrainingArguments):
             Diffusion-DPO temperature in the convention loss = -log sigmoid(-(beta / 2) * (d_theta - d_ref)), with
             d = e(x_w) - e(x_l) and e the unweighted mean squared denoising error. 5000 is the authors' value; the
             diffusers example's 2500 without the 1/2 is the same loss.
+        rpo_alpha (`float`, *optional*):
+            Weight of a supervised term on the chosen images, as TRL's `rpo_alpha` adds the chosen responses' NLL:
+            the loss becomes `dpo_loss + rpo_alpha * (beta / 2) * e_policy(x_w)`, where `(beta / 2) e` is the negative
+            log-likelihood the implicit reward is read from. It keeps the winners' denoising error from rising (what
+            Diffusion-DPO tends to do to winners and losers alike). `None` (default) is plain Diffusion-DPO.
 
         > Parameters that control validation images
 
@@ -126,6 +131,9 @@ class DiffusionDPOConfig(TrainingArguments):
 
     # Training
     beta: float = field(default=5000.0, metadata={"help": "Diffusion-DPO beta (loss uses beta/2; authors: 5000)."})
+    rpo_alpha: float | None = field(
+        default=None, metadata={"help": "Weight of the chosen images' denoising NLL added to the loss (as TRL's)."}
+    )
 
     # Validation images
     validation_prompts: list[str] | None = field(
@@ -147,6 +155,8 @@ class DiffusionDPOConfig(TrainingArguments):
             raise ValueError(
                 f"beta must be > 0, got {self.beta}. It scales the implicit reward; the usual value is 5000."
             )
+        if self.rpo_alpha is not None and self.rpo_alpha < 0:
+            raise ValueError(f"rpo_alpha must be >= 0 (or None for plain Diffusion-DPO), got {self.rpo_alpha}.")
         if not 0.0 <= self.proportion_empty_prompts <= 1.0:
             raise ValueError(f"proportion_empty_prompts must be in [0, 1], got {self.proportion_empty_prompts}.")
         if self.cache_latents and (self.random_crop or self.random_flip):

@@ -351,6 +351,13 @@ class DiffusionDPOTrainer(Trainer):
         (policy_w, policy_l), (ref_w, ref_l) = self.pair_errors(model, latents_w, latents_l, conditioning, generator)
         output = diffusion_dpo_loss(policy_w, policy_l, ref_w, ref_l, self.args.beta)
         loss = output.losses.mean()
+        if self.args.rpo_alpha:
+            # The chosen images' NLL in the units of the implicit reward, (beta / 2) e (as TRL's `rpo_alpha`).
+            sft = 0.5 * self.args.beta * policy_w.mean()
+            loss = loss + self.args.rpo_alpha * sft
+            self._metrics[mode]["loss/sft"].append(
+                float(self.accelerator.gather_for_metrics(sft.detach()[None]).mean())
+            )
         if not torch.isfinite(loss):
             if mode == "eval":
                 raise NonFiniteLossError(f"Non-finite Diffusion-DPO loss ({loss.item()}) in evaluation.")

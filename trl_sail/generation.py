@@ -167,8 +167,10 @@ class CandidateGenerator:
         ]
         return torch.tensor(np.asarray(scores, dtype=np.float64))
 
-    def fresh_confidence(self, latents, prompts, prompt_ids, chosen, rejected) -> list[float]:
-        """p(chosen > rejected) on (t, eps) draws independent of the ones used for selection (collapse monitor)."""
+    def stable_under_fresh_draws(self, latents, prompts, prompt_ids, chosen, rejected) -> list[float]:
+        """1.0 for each pair whose order (chosen above rejected) holds when the judge re-scores it on (t, eps) draws
+        independent of the ones that selected it, else 0.0 (NaN for an external judge). Their mean is the round's pick
+        stability: near 0.5 the picks are noise."""
         if not isinstance(self.scorer, ImplicitDiffusionRewardScorer):
             return [float("nan")] * len(prompts)
         pair = torch.stack(
@@ -177,7 +179,7 @@ class CandidateGenerator:
         rewards = self.scorer.score_latents(
             pair, prompts, prompt_ids, seed=self.scorer.seed + self.confidence_seed_offset
         )
-        return preference_probability(rewards[:, 0], rewards[:, 1]).tolist()
+        return (rewards[:, 0] > rewards[:, 1]).float().tolist()
 
     def select(self, rewards: torch.Tensor, prompt_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.selection == "best_worst":
@@ -210,7 +212,7 @@ class CandidateGenerator:
             latents = torch.stack([self.encode(candidates) for candidates in images])
             rewards = self.judge(latents, images, texts, ids)
             chosen, rejected = self.select(rewards, ids)
-            confidence = self.fresh_confidence(latents, texts, ids, chosen, rejected)
+            stable = self.stable_under_fresh_draws(latents, texts, ids, chosen, rejected)
             lines = []
             for j, pid in enumerate(ids):
                 c, r = int(chosen[j]), int(rejected[j])
@@ -234,7 +236,7 @@ class CandidateGenerator:
                             "chosen_reward": float(rewards[j, c]),
                             "rejected_reward": float(rewards[j, r]),
                             "p": float(preference_probability(rewards[j, c], rewards[j, r])),
-                            "fresh_confidence": confidence[j],
+                            "stable_under_fresh_draws": stable[j],
                             "diversity": latent_diversity(latents[j]),
                             "chosen_image": names[0],
                             "rejected_image": names[1],
@@ -287,7 +289,7 @@ def records_to_dataset(directory: str, prompt_ids: list[int]):
             "rejected_reward": Value("float64"),
             "p": Value("float64"),
             "prompt_id": Value("int64"),
-            "fresh_confidence": Value("float64"),
+            "stable_under_fresh_draws": Value("float64"),
             "diversity": Value("float64"),
         }
     )
@@ -300,7 +302,7 @@ def records_to_dataset(directory: str, prompt_ids: list[int]):
                 "chosen": {"bytes": _read_bytes(directory, record["chosen_image"]), "path": None},
                 "rejected": {"bytes": _read_bytes(directory, record["rejected_image"]), "path": None},
                 **{key: record[key] for key in ("chosen_reward", "rejected_reward", "p", "prompt_id")},
-                "fresh_confidence": record["fresh_confidence"],
+                "stable_under_fresh_draws": record["stable_under_fresh_draws"],
                 "diversity": record["diversity"],
             }
 

@@ -2,9 +2,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .diffusion_dpo_config import DiffusionDPOConfig
+from .judge import JudgeSpec
 
 
-JUDGES = ("paper", "anchor", "cumulative")
 PAIR_SELECTIONS = ("best_worst", "random")
 
 
@@ -49,10 +49,21 @@ class SAILConfig(DiffusionDPOConfig):
         scoring_batch_size (`int`, *optional*, defaults to `32`):
             Memory budget of the judge, in images per UNet forward; rewards do not depend on it.
         judge (`str`, *optional*, defaults to `"paper"`):
-            Which model is ranked against which reference. `"paper"`: the current model against the round-0
-            anchor (in round 1, where those are one model, the anchor against the pre-DPO base). `"anchor"`: the
-            anchor against the base in every round (a frozen judge built from the human seeds). `"cumulative"`:
-            the current model against the base.
+            Which model is ranked against which reference, written `models[@low-high][+norm]` (see
+            `trl_sail.judge`). `"paper"`: the current model against the round-0 anchor (in round 1, where those are one
+            model, the anchor against the pre-DPO base), the paper's exact recipe. `"anchor"`: the anchor against the
+            base in every round (a frozen judge built from the human seeds). `"cumulative"`: the current model against
+            the base. `@low-high` restricts the reward's draws to timesteps in `[low, high)`; `+norm` reads each draw
+            relative to the reference's error. `"auto"`: before each self round, every judge of `judge_candidates` is
+            examined on the held-out seed pairs and the most accurate one judges the round.
+        judge_candidates (`list[str]`, *optional*, defaults to `["paper", "anchor", "cumulative"]`):
+            The judges `judge="auto"` chooses from.
+        judge_holdout_fraction (`float`, *optional*, defaults to `0.1`):
+            Fraction of the seed pairs held out of every DPO phase (a fixed, seeded slice) as the judge's exam.
+            Before each self round the trainer measures on them the accuracy of the judge the round uses and of the
+            current model against the base; `0` disables the exam (and `judge="auto"`, `select_best_round`).
+        judge_exam_max_pairs (`int`, *optional*, defaults to `512`):
+            At most this many held-out pairs are examined (the exam costs `4 K` UNet forwards per pair and judge).
         pair_selection (`str`, *optional*, defaults to `"best_worst"`):
             `"best_worst"` keeps each prompt's highest- and lowest-reward candidates; `"random"` (the ablation) a
             random pair of the N, still ordered by the judge.
@@ -69,9 +80,16 @@ class SAILConfig(DiffusionDPOConfig):
 
         > Parameters that control monitoring and publishing
 
-        collapse_confidence_threshold (`float`, *optional*, defaults to `0.9`):
-            Warn when the judge's mean confidence p(chosen > rejected), re-measured on fresh (t, eps) draws,
-            exceeds this (the paper's collapse symptom).
+        select_best_round (`bool`, *optional*, defaults to `True`):
+            After every round, make the best round so far by the held-out criterion (the current model's accuracy on
+            the held-out pairs against the base) the `main` revision on the Hub, `output_dir/best` and, at the end,
+            the trainer's model; every round is still kept as `round_i` / `round-i`. Without held-out pairs the last
+            round is used.
+        early_stopping_patience (`int`, *optional*):
+            Stop the rounds when the held-out criterion has not improved on its best for this many self rounds.
+        min_pick_stability (`float`, *optional*, defaults to `0.75`):
+            Warn when fewer than this fraction of a round's pairs keep their order when the judge re-scores them on
+            fresh (t, eps) draws (a judge whose picks are noise).
         collapse_diversity_fraction (`float`, *optional*, defaults to `0.5`):
             Warn when the candidates' mean diversity falls below this fraction of round 1's.
         push_preferences_to_hub (`bool`, *optional*, defaults to `False`):
@@ -103,14 +121,30 @@ class SAILConfig(DiffusionDPOConfig):
     generation_batch_size: int = field(default=4, metadata={"help": "Prompts per generation call."})
     num_reward_draws: int = field(default=10, metadata={"help": "K (t, eps) draws per reward."})
     scoring_batch_size: int = field(default=32, metadata={"help": "Images per judge UNet forward."})
-    judge: str = field(default="paper", metadata={"help": "'paper', 'anchor' or 'cumulative'."})
+    judge: str = field(
+        default="paper", metadata={"help": "'paper', 'anchor', 'cumulative' (optionally @low-high, +norm) or 'auto'."}
+    )
+    judge_candidates: list[str] = field(
+        default_factory=lambda: ["paper", "anchor", "cumulative"],
+        metadata={"help": "Judges that judge='auto' chooses from."},
+    )
+    judge_holdout_fraction: float = field(
+        default=0.1, metadata={"help": "Fraction of seed pairs held out of training as the judge's exam."}
+    )
+    judge_exam_max_pairs: int = field(default=512, metadata={"help": "At most this many held-out pairs examined."})
     pair_selection: str = field(default="best_worst", metadata={"help": "'best_worst' or 'random'."})
 
     mixup_alpha: float = field(default=0.25, metadata={"help": "Fraction of self pairs per optimizer step."})
     self_round_max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps per self round."})
     self_round_epochs: float = field(default=1.0, metadata={"help": "Passes over the self pairs per self round."})
 
-    collapse_confidence_threshold: float = field(default=0.9, metadata={"help": "Warn above this confidence."})
+    select_best_round: bool = field(
+        default=True, metadata={"help": "Publish the best round by the held-out criterion as main / best."}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many self rounds without held-out improvement."}
+    )
+    min_pick_stability: float = field(default=0.75, metadata={"help": "Warn below this pick stability."})
     collapse_diversity_fraction: float = field(default=0.5, metadata={"help": "Warn below this x round-1 diversity."})
     push_preferences_to_hub: bool = field(default=False, metadata={"help": "Push self pairs as a dataset repo."})
     eval_scorers: list[str] | None = field(default=None, metadata={"help": "Scorers run after every round."})
@@ -144,8 +178,21 @@ class SAILConfig(DiffusionDPOConfig):
             raise ValueError(f"num_candidates (N) must be >= 2 to form a pair, got {self.num_candidates}.")
         if self.num_reward_draws < 1:
             raise ValueError(f"num_reward_draws (K) must be >= 1, got {self.num_reward_draws}.")
-        if self.judge not in JUDGES:
-            raise ValueError(f"judge must be one of {JUDGES}, got {self.judge!r}.")
+        for spec in [*([] if self.judge == "auto" else [self.judge]), *self.judge_candidates]:
+            JudgeSpec.parse(spec)  # raises with the accepted forms
+        if not self.judge_candidates:
+            raise ValueError("judge_candidates is empty: give at least one judge for judge='auto' to choose from.")
+        if not 0.0 <= self.judge_holdout_fraction < 1.0:
+            raise ValueError(f"judge_holdout_fraction must be in [0, 1), got {self.judge_holdout_fraction}.")
+        if self.judge == "auto" and self.judge_holdout_fraction == 0:
+            raise ValueError(
+                "judge='auto' chooses the judge by its accuracy on held-out seed pairs, but judge_holdout_fraction=0 "
+                "holds none out: set judge_holdout_fraction (e.g. 0.1) or a fixed judge."
+            )
+        if self.judge_exam_max_pairs < 1:
+            raise ValueError(f"judge_exam_max_pairs must be >= 1, got {self.judge_exam_max_pairs}.")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(f"early_stopping_patience must be >= 1, got {self.early_stopping_patience}.")
         if self.pair_selection not in PAIR_SELECTIONS:
             raise ValueError(f"pair_selection must be one of {PAIR_SELECTIONS}, got {self.pair_selection!r}.")
         if self.sampling_scheduler not in (None, "ddpm", "ddim"):

@@ -41,6 +41,7 @@ from .data import SOURCE_SEED, SOURCE_SELF, PreferencePairs, drop_prompts
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .diffusion_dpo_trainer import DiffusionDPOTrainer
 from .generation import CandidateGenerator, SamplingSettings, read_records, records_to_dataset
+from .judge import HeldoutExam, JudgeSpec
 from .mixup import MixedPreferenceDataset, MixupPreferenceCollator, build_mixup_dataloader, num_optimizer_steps_for
 from .models import (
     TextToImageModel,
@@ -61,6 +62,17 @@ logger = logging.getLogger(__name__)
 
 POLICY_ADAPTER, ANCHOR_ADAPTER, REFERENCE_ADAPTER = "default", "sail_anchor", "sail_reference"
 ROUND_INFO = "sail_round.json"
+EXAM_SEED = 104_729  # offset of the held-out exam's draws from `args.seed`: the same draws in every round
+# A round's health signals, as they appear in its summary, its model card and the summary table.
+ROUND_SIGNALS = (
+    "heldout/judge_accuracy",
+    "heldout/judge_accuracy_se",
+    "heldout/policy_accuracy",
+    "heldout/policy_accuracy_se",
+    "pick_stability",
+    "mean_candidate_diversity",
+    "num_tied_prompts_skipped",
+)
 
 
 def prompts_from(dataset) -> list[str]:
@@ -173,6 +185,17 @@ class SAILTrainer:
         self.seed_pairs = (
             PreferencePairs(seed_dataset, SOURCE_SEED, name="seed_dataset") if seed_dataset is not None else None
         )
+        # The judge's exam: a fixed, seeded slice of the seed pairs that no DPO phase ever sees.
+        self.heldout_pairs = None
+        if self.seed_pairs is not None and args.judge_holdout_fraction > 0:
+            self.seed_pairs, self.heldout_pairs = self.seed_pairs.split(
+                args.judge_holdout_fraction, seed=args.seed, max_count=args.judge_exam_max_pairs
+            )
+            if len(self.heldout_pairs) < 30:
+                logger.warning(
+                    f"The judge's exam holds out {len(self.heldout_pairs)} seed pairs: its accuracies have a standard "
+                    "error of about 0.1. More seed pairs (or a larger judge_holdout_fraction) make it sharper."
+                )
         if args.num_rounds > 0 and args.mixup_alpha < 1 and self.seed_pairs is None:
             raise ValueError(f"mixup_alpha={args.mixup_alpha} mixes in seed pairs, but no seed_dataset was given.")
         self.round_prompts = self._plan_prompts(prompt_dataset, seed_dataset)
@@ -244,13 +267,15 @@ class SAILTrainer:
         else:
             rows = prompts_from(prompt_dataset)
         excluded = set(args.eval_prompts or [])
+        if self.heldout_pairs is not None:  # the exam's prompts are not self prompts either
+            excluded |= {self.heldout_pairs.row(i)["prompt"] for i in range(len(self.heldout_pairs))}
         pool = list(dict.fromkeys(p for p in rows if p and p not in excluded))
         needed = sum(args.prompts_per_round)
         if len(pool) < needed:
             raise ValueError(
-                f"The prompt pool has {len(pool)} distinct prompts (after removing {len(excluded)} evaluation "
-                f"prompts) but prompts_per_round={args.prompts_per_round} needs {needed}. Give more prompts, or "
-                "lower prompts_per_round / num_rounds."
+                f"The prompt pool has {len(pool)} distinct prompts (after removing {len(excluded)} evaluation and "
+                f"held-out prompts) but prompts_per_round={args.prompts_per_round} needs {needed}. Give more "
+                "prompts, or lower prompts_per_round / num_rounds."
             )
         random.Random(args.seed).shuffle(pool)
         rounds, start = [], 0
@@ -298,15 +323,15 @@ class SAILTrainer:
             param.requires_grad_(f".{POLICY_ADAPTER}." in name)
         return UNetView(unet, adapter_name)
 
-    def judge_views(self, i: int, current: UNetView) -> tuple[UNetView, UNetView]:
-        """(judged model, its reference) for self round i, per `args.judge`.
+    def judge_views(self, i: int, current: UNetView, models: str) -> tuple[UNetView, UNetView]:
+        """(judged model, its reference) for self round i, per `models` (`"paper"`, `"anchor"` or `"cumulative"`).
 
         `current` is the frozen copy of the model at the start of round i (the round's DPO reference): judging with it
         rather than with the trained float32 UNet keeps both judge models in the frozen dtype.
         """
-        if self.args.judge == "anchor" or (self.args.judge == "paper" and i == 1):
+        if models == "anchor" or (models == "paper" and i == 1):
             return self.anchor, self.base
-        if self.args.judge == "paper":
+        if models == "paper":
             return current, self.anchor
         return current, self.base
 
@@ -326,20 +351,127 @@ class SAILTrainer:
             self._freeze_current_as(ANCHOR_ADAPTER) if not args.start_from_aligned else self._aligned_anchor()
         )
         if self.is_finished(0):
-            self._publish(0)
             self.summaries.append(self._read_summary(0))
+            self._publish(0)
         for i in range(1, args.num_rounds + 1):
             if self.is_finished(i):
                 self._load_round_weights(i)
             elif not self._run_round(i):
                 break  # no self pair could be formed (logged, and in the summaries): nothing left to train on
-            self._publish(i)
             self.summaries.append(self._read_summary(i))
-            if args.judge == "paper" and i == 1 and not self.is_lora and not args.start_from_aligned:
-                self.base = None  # the paper's judge no longer needs the base after round 1: free its memory
+            self._publish(i)
+            if self._base_no_longer_needed(i):
+                self.base = None  # free its memory (a full fine-tune's frozen copy)
+            if self._should_stop_early():
+                break
+        best = self.best_round()
+        if best is not None and args.select_best_round and best != self.summaries[-1]["round"]:
+            # The trainer's model is the selected round, as `main` and `output_dir/best` are.
+            self._load_round_weights(best)
+            logger.info(f"Round {best} is the best by the held-out criterion: it is the trainer's final model.")
         if self.state.is_main_process:
             self._write_summary_table(time.time() - start)
         return self.summaries
+
+    # ------------------------------------------------------------------ held-out exam, best round, stopping
+    def _exam(self) -> "HeldoutExam | None":
+        if self.heldout_pairs is None or len(self.heldout_pairs) == 0:
+            return None
+        if getattr(self, "_heldout_exam", None) is None:
+            resolution = self.args.resolution or self.unet.config.sample_size * self.pipeline.vae_scale_factor
+            model = TextToImageModel(self.pipeline)
+            self._heldout_exam = HeldoutExam(self.heldout_pairs, model, resolution, seed=self.args.seed + EXAM_SEED)
+        return self._heldout_exam
+
+    def _scorer(self, i: int, spec: JudgeSpec, current: UNetView, seed: int) -> ImplicitDiffusionRewardScorer:
+        policy, reference = self.judge_views(i, current, spec.models)
+        return ImplicitDiffusionRewardScorer(
+            policy,
+            reference,
+            TextToImageModel(self.pipeline),
+            beta=self.args.beta,
+            num_draws=self.args.num_reward_draws,
+            max_batch_size=self.args.scoring_batch_size,
+            seed=seed,
+            autocast_dtype=self.autocast_dtype,
+            **spec.scorer_kwargs(),
+        )
+
+    def _current_frozen(self) -> UNetView:
+        """The current model as a frozen view in the frozen dtype (a LoRA UNet's policy adapter is already one)."""
+        return self.policy if self.is_lora else frozen_copy(self.unet, self.frozen_dtype)
+
+    def _policy_exam(self) -> dict:
+        """The current model's implicit-reward accuracy against the base on the held-out pairs (the criterion of
+        best-round selection and early stopping)."""
+        exam = self._exam()
+        if exam is None or self.base is None:
+            return {}
+        grade = exam.grade(self._scorer(1, JudgeSpec("cumulative"), self._current_frozen(), seed=0))
+        return {f"heldout/policy_{key}": value for key, value in grade.items()}
+
+    def _choose_judge(self, i: int, current: UNetView) -> tuple[JudgeSpec, dict]:
+        """The judge of round i and what the exam measured: with `judge="auto"` every candidate is examined and the
+        most accurate one (the first listed on a tie) judges."""
+        args = self.args
+        candidates = args.judge_candidates if args.judge == "auto" else [args.judge]
+        specs = [JudgeSpec.parse(text) for text in candidates]
+        exam = self._exam()
+        if exam is None:
+            return specs[0], {}
+        grades = {str(spec): exam.grade(self._scorer(i, spec, current, seed=0)) for spec in specs}
+        chosen = max(specs, key=lambda spec: grades[str(spec)]["accuracy"])  # max keeps the first on ties
+        accuracy = grades[str(chosen)]
+        logger.info(
+            f"round {i}: judge {chosen} (held-out accuracy {accuracy['accuracy']:.3f} ± {accuracy['accuracy_se']:.3f}"
+            f" on {accuracy['pairs']} pairs)"
+            + (f"; candidates: { {k: round(v['accuracy'], 3) for k, v in grades.items()} }" if len(specs) > 1 else "")
+        )
+        report = {
+            "heldout/judge_accuracy": accuracy["accuracy"],
+            "heldout/judge_accuracy_se": accuracy["accuracy_se"],
+            "judge_exam": {name: grade["accuracy"] for name, grade in grades.items()},
+        }
+        return chosen, report
+
+    def round_criterion(self, summary: dict) -> float | None:
+        """The held-out criterion of a finished round: its model's accuracy against the base on the held-out pairs."""
+        return summary.get("heldout/policy_accuracy")
+
+    def best_round(self) -> int | None:
+        """The finished round with the best held-out criterion (the earliest on a tie); the last one without an exam."""
+        finished = [s for s in self.summaries if "stopped" not in s]
+        if not finished:
+            return None
+        scored = [s for s in finished if self.round_criterion(s) is not None]
+        if not self.args.select_best_round or not scored:
+            return finished[-1]["round"]
+        return max(scored, key=self.round_criterion)["round"]  # max keeps the earliest on ties
+
+    def _should_stop_early(self) -> bool:
+        patience = self.args.early_stopping_patience
+        best = self.best_round()
+        finished = [s["round"] for s in self.summaries if "stopped" not in s]
+        if patience is None or best is None or not finished or self.round_criterion(self.summaries[-1]) is None:
+            return False
+        if finished[-1] - best >= patience:
+            logger.warning(
+                f"Early stopping: the held-out criterion has not improved on round {best}'s for {patience} self "
+                f"round(s); the rounds stop after round {finished[-1]}."
+            )
+            return True
+        return False
+
+    def _base_no_longer_needed(self, i: int) -> bool:
+        # The paper's judge uses the base in round 1 only; the held-out exam compares every round with it.
+        args = self.args
+        return (
+            i == 1
+            and args.judge == "paper"
+            and self._exam() is None
+            and not self.is_lora
+            and not args.start_from_aligned
+        )
 
     def _aligned_anchor(self) -> UNetView:
         if self.is_lora:
@@ -355,6 +487,8 @@ class SAILTrainer:
             "judge": args.judge if self.external_judge is None else "external",
             "num_seed_pairs_on_eval_prompts_dropped": self.num_seed_pairs_on_eval_prompts,
         }
+        if self.heldout_pairs is not None:
+            info["num_heldout_pairs"] = len(self.heldout_pairs)
         if i == 0:
             train_dataset, reference = self.seed_pairs, self.base
             max_steps = args.max_steps
@@ -363,9 +497,16 @@ class SAILTrainer:
             # The model at the start of the round, frozen: the judge's current model and the round's DPO reference.
             reference = self._freeze_current_as(REFERENCE_ADAPTER)
             t = time.time()
-            self_pairs_dataset, num_tied = self._generate(i, reference)
+            judge = None
+            if self.external_judge is None:
+                spec, exam_report = self._choose_judge(i, reference)
+                info.update(judge=str(spec), **exam_report)
+                judge = self._scorer(i, spec, reference, seed=args.seed + i)
+            timings["judge_exam_s"] = round(time.time() - t, 2)
+            t = time.time()
+            self_pairs_dataset, num_tied = self._generate(i, judge or self.external_judge)
             timings["generation_and_judging_s"] = round(time.time() - t, 2)
-            info.update(self._monitor(i, self_pairs_dataset, num_tied))
+            info.update(self._monitor(i, self_pairs_dataset, num_tied, info))
             if len(self_pairs_dataset) == 0:
                 reason = (
                     f"round {i}: the candidates of every prompt tied, so no self pair was formed (collapse). The "
@@ -381,6 +522,11 @@ class SAILTrainer:
         t = time.time()
         metrics = self._train_dpo(i, train_dataset, reference, max_steps)
         timings["dpo_s"] = round(time.time() - t, 2)
+        del reference  # a full fine-tune's frozen copy of the round's start: not needed by the next round
+        t = time.time()
+        info.update(self._policy_exam())
+        timings["policy_exam_s"] = round(time.time() - t, 2)
+        self._warn_if_worse(i, info)
         info.update(metrics=metrics, timings=timings)
         if self.eval_scorers:
             t = time.time()
@@ -466,24 +612,9 @@ class SAILTrainer:
         return metrics
 
     # ------------------------------------------------------------------ generation and judging
-    def _judge(self, i: int, current: UNetView):
-        if self.external_judge is not None:
-            return self.external_judge
-        policy, reference = self.judge_views(i, current)
-        return ImplicitDiffusionRewardScorer(
-            policy,
-            reference,
-            TextToImageModel(self.pipeline),
-            beta=self.args.beta,
-            num_draws=self.args.num_reward_draws,
-            max_batch_size=self.args.scoring_batch_size,
-            seed=self.args.seed + i,
-            autocast_dtype=self.autocast_dtype,
-        )
-
-    def _generate(self, i: int, current: UNetView) -> tuple[Dataset, int]:
-        """Round i's self pairs (generated by the current model, judged per `args.judge`) and the number of prompts
-        skipped because their candidates tied."""
+    def _generate(self, i: int, judge) -> tuple[Dataset, int]:
+        """Round i's self pairs (generated by the current model, ranked by `judge`) and the number of prompts skipped
+        because their candidates tied."""
         args = self.args
         directory = os.path.join(self.work_dir(i), "generation")
         ids = [pid for pid, _ in self.round_prompts[i - 1]]
@@ -506,7 +637,7 @@ class SAILTrainer:
                 CandidateGenerator(
                     self.pipeline,
                     generator_unet,
-                    self._judge(i, current),
+                    judge,
                     settings,
                     directory,
                     seed=args.seed + 1000 * i,
@@ -521,45 +652,73 @@ class SAILTrainer:
         num_tied = sum(1 for record in read_records(directory, include_skipped=True).values() if record.get("skipped"))
         return records_to_dataset(directory, ids), num_tied
 
-    def _monitor(self, i: int, pairs: Dataset, num_tied: int = 0) -> dict:
-        """Collapse monitor: the judge's confidence on fresh draws, the candidates' diversity, and tied prompts."""
-        confidence = [c for c in pairs["fresh_confidence"] if c == c]  # drop NaN (external judge)
+    def _monitor(self, i: int, pairs: Dataset, num_tied: int, info: dict) -> dict:
+        """The loop's health signals for round i (each a warning when it fails; docs/sail.md, "Is the loop healthy"):
+
+        - the judge's accuracy on the held-out human pairs is above chance by 2 standard errors;
+        - pick stability: the fraction of pairs whose order holds when the judge re-scores them on fresh draws;
+        - candidate diversity against round 1's, and prompts whose candidates all tied.
+        (The judge's own confidence p(chosen > rejected) is reported but not used: with beta = 5000 it saturates near 1
+        whether the round is healthy or not.)
+        """
+        args = self.args
+        stable = [v for v in pairs["stable_under_fresh_draws"] if v == v]  # NaN: an external judge
         diversity = sum(pairs["diversity"]) / len(pairs) if len(pairs) else 0.0
         stats = {
             "mean_p_selection": sum(pairs["p"]) / len(pairs) if len(pairs) else None,
-            "mean_confidence_fresh_draws": sum(confidence) / len(confidence) if confidence else None,
+            "pick_stability": sum(stable) / len(stable) if stable else None,
             "mean_candidate_diversity": diversity,
             "num_tied_prompts_skipped": num_tied,
             "warnings": [],
         }
+        warnings = stats["warnings"]
+        accuracy, se = info.get("heldout/judge_accuracy"), info.get("heldout/judge_accuracy_se")
+        if accuracy is not None and accuracy - 2 * se <= 0.5:
+            warnings.append(
+                f"round {i}: the judge ({info['judge']}) ranks the human's winner first in {accuracy:.3f} ± {se:.3f} of "
+                f"the held-out pairs: not better than chance, its picks are not evidence. Consider judge='auto' or "
+                "stopping here."
+            )
+        if stats["pick_stability"] is not None and stats["pick_stability"] < args.min_pick_stability:
+            warnings.append(
+                f"round {i}: only {stats['pick_stability']:.3f} of the pairs keep their order on fresh (t, eps) draws "
+                f"(< min_pick_stability={args.min_pick_stability}): the judge's picks are mostly noise. Consider "
+                "more reward draws (num_reward_draws)."
+            )
         if num_tied:
-            stats["warnings"].append(
+            warnings.append(
                 f"round {i}: {num_tied} of {num_tied + len(pairs)} prompts were skipped because all their candidates "
                 "tied (identical rewards or images): collapse."
             )
-        threshold = self.args.collapse_confidence_threshold
-        if stats["mean_confidence_fresh_draws"] is not None and stats["mean_confidence_fresh_draws"] > threshold:
-            stats["warnings"].append(
-                f"round {i}: the judge's confidence p(chosen > rejected) on fresh draws is "
-                f"{stats['mean_confidence_fresh_draws']:.3f} > {threshold}: possible self-training collapse "
-                "(the paper's symptom). Consider a lower mixup_alpha or fewer self-round steps."
+        round_1 = next((s for s in self.summaries if s.get("round") == 1), None)
+        reference = round_1 and round_1.get("mean_candidate_diversity")
+        if i > 1 and reference and diversity < args.collapse_diversity_fraction * reference:
+            warnings.append(
+                f"round {i}: candidate diversity {diversity:.4f} fell below {args.collapse_diversity_fraction} x "
+                f"round 1's ({reference:.4f}): candidates from different seeds are becoming identical (collapse)."
             )
-        if i > 1 and self.summaries:
-            round_1 = next((s for s in self.summaries if s.get("round") == 1), None)
-            reference = round_1 and round_1.get("mean_candidate_diversity")
-            if reference and diversity < self.args.collapse_diversity_fraction * reference:
-                stats["warnings"].append(
-                    f"round {i}: candidate diversity {diversity:.4f} fell below "
-                    f"{self.args.collapse_diversity_fraction} x round 1's ({reference:.4f}): candidates from different "
-                    "seeds are becoming identical (collapse)."
-                )
         if i == 1 and diversity == 0.0 and len(pairs):
-            stats["warnings"].append(
-                f"round {i}: all candidates of each prompt are identical (diversity 0): collapse."
-            )
-        for warning in stats["warnings"]:
+            warnings.append(f"round {i}: all candidates of each prompt are identical (diversity 0): collapse.")
+        for warning in warnings:
             logger.warning(warning)
         return stats
+
+    def _warn_if_worse(self, i: int, info: dict) -> None:
+        """Warn when round i's model is worse on the held-out pairs than the best earlier round by 2 standard errors."""
+        accuracy = info.get("heldout/policy_accuracy")
+        earlier = [s for s in self.summaries if self.round_criterion(s) is not None and s["round"] < i]
+        if accuracy is None or not earlier:
+            return
+        best = max(earlier, key=self.round_criterion)
+        margin = 2 * info["heldout/policy_accuracy_se"]
+        if accuracy < self.round_criterion(best) - margin:
+            warning = (
+                f"round {i}: the model's accuracy on the held-out human pairs fell to {accuracy:.3f} from round "
+                f"{best['round']}'s {self.round_criterion(best):.3f} (more than 2 standard errors): this round made it "
+                "worse."
+            )
+            info.setdefault("warnings", []).append(warning)
+            logger.warning(warning)
 
     def evaluate_round(self) -> dict[str, float]:
         """Mean score of each `eval_scorers` metric on `eval_prompts` (fixed seeds), for the current model."""
@@ -621,7 +780,7 @@ class SAILTrainer:
             "self pairs": info.get("num_self_pairs"),
         }
         metrics = {k: v for k, v in (info.get("metrics") or {}).items() if "/" in k or k == "loss"}
-        for key in ("mean_confidence_fresh_draws", "mean_candidate_diversity"):
+        for key in ROUND_SIGNALS:
             if info.get(key) is not None:
                 metrics[key] = info[key]
         metrics.update(info.get("eval") or {})
@@ -648,37 +807,56 @@ class SAILTrainer:
             load_lora_into_unet(self.unet, load_file(os.path.join(directory, LORA_WEIGHTS_NAME)), POLICY_ADAPTER)
         else:
             load_unet_checkpoint(self.unet, directory)
-        logger.info(f"Round {i} already finished: loaded {directory}.")
+        logger.info(f"Loaded round {i}'s model from {directory}.")
 
     def _publish(self, i: int) -> None:
-        """Push round i to the Hub as branch `round-i` and as main (once; a rerun pushes what a crash left)."""
+        """Round i is finished: point `output_dir/best` at the best round so far and push round i to the Hub as branch
+        `round-i`, and the best round so far as `main` (each once; a rerun pushes what a crash left)."""
         args = self.args
-        if not args.push_to_hub or not self.state.is_main_process:
+        if not self.state.is_main_process:
+            return
+        best = self.best_round()
+        link = os.path.join(args.output_dir, "best")
+        if best is not None and (not os.path.islink(link) or os.readlink(link) != f"round_{best}"):
+            tmp = link + ".tmp"
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+            os.symlink(f"round_{best}", tmp)  # relative: the output directory can be moved
+            os.replace(tmp, link)
+        if not args.push_to_hub:
             return
         state = self._load_state()
-        if i in state["pushed"]:
-            return
         if self.hub_api is None:
             from huggingface_hub import HfApi
 
             self.hub_api = HfApi()
         repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
-        directory = self.round_dir(i)
         token, private = args.hub_token, args.hub_private_repo
+        if i not in state["pushed"]:
+            self._push_round(repo_id, i, token, private)
+            state["pushed"].append(i)
+            write_json(self._state_path(), state)
+        if best is not None and state.get("main") != best:
+            push_folder(
+                self.hub_api,
+                self.round_dir(best),
+                repo_id,
+                revision="main",
+                commit_message=f"SAIL round {best} (best so far by the held-out criterion)",
+                token=token,
+                private=private,
+            )
+            state["main"] = best
+            write_json(self._state_path(), state)
+
+    def _push_round(self, repo_id: str, i: int, token, private) -> None:
+        args = self.args
+        directory = self.round_dir(i)
         push_folder(
             self.hub_api,
             directory,
             repo_id,
             revision=f"round-{i}",
-            commit_message=f"SAIL round {i}",
-            token=token,
-            private=private,
-        )
-        push_folder(
-            self.hub_api,
-            directory,
-            repo_id,
-            revision="main",
             commit_message=f"SAIL round {i}",
             token=token,
             private=private,
@@ -694,30 +872,36 @@ class SAILTrainer:
                 private=private,
                 repo_type="dataset",
             )
-        state["pushed"].append(i)
-        write_json(self._state_path(), state)
 
     def _read_summary(self, i: int) -> dict:
         with open(os.path.join(self.round_dir(i), ROUND_INFO)) as f:
             return json.load(f)
 
     def _write_summary_table(self, seconds: float) -> None:
+        best = self.best_round()
+
+        def cell(value, digits=3):
+            return "" if value is None else f"{value:.{digits}f}"
+
         lines = [
-            "| round | seed pairs | self pairs | DPO steps | loss | accuracy | confidence (fresh) | diversity | warnings |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| round | judge | held-out: judge accuracy | held-out: model accuracy | pick stability | diversity | "
+            "self pairs | tied | DPO steps | loss | warnings |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in self.summaries:
             m = s.get("metrics") or {}
-            confidence = s.get("mean_confidence_fresh_draws")
-            diversity = s.get("mean_candidate_diversity")
+            judge_acc, model_acc = s.get("heldout/judge_accuracy"), s.get("heldout/policy_accuracy")
+            judge_cell = "" if judge_acc is None else f"{judge_acc:.3f} ± {s['heldout/judge_accuracy_se']:.3f}"
+            model_cell = "" if model_acc is None else f"{model_acc:.3f} ± {s['heldout/policy_accuracy_se']:.3f}"
+            marker = " (best)" if s["round"] == best and self.args.select_best_round else ""
             lines.append(
-                f"| {s['round']} | {s.get('num_seed_pairs', 0)} | {s.get('num_self_pairs', 0)} | "
-                f"{m.get('optimizer_steps', '')} | {m.get('loss', float('nan')):.4f} | "
-                f"{m.get('rewards/accuracies', float('nan')):.3f} | "
-                f"{'' if confidence is None else f'{confidence:.3f}'} | {'' if diversity is None else f'{diversity:.4f}'} | "
-                f"{len(s.get('warnings', []))} |"
+                f"| {s['round']}{marker} | {s.get('judge', '') if s['round'] else ''} | {judge_cell} | {model_cell} | "
+                f"{cell(s.get('pick_stability'))} | {cell(s.get('mean_candidate_diversity'), 4)} | "
+                f"{s.get('num_self_pairs', '')} | {s.get('num_tied_prompts_skipped', '')} | "
+                f"{m.get('optimizer_steps', '')} | {cell(m.get('loss'), 4)} | "
+                f"{'stopped' if 'stopped' in s else len(s.get('warnings', []))} |"
             )
         table = "\n".join(lines)
         with open(os.path.join(self.args.output_dir, "sail_summary.md"), "w") as f:
             f.write(table + "\n")
-        print(f"SAIL finished in {seconds:.1f}s\n{table}")
+        print(f"SAIL finished in {seconds:.1f}s (best round: {best})\n{table}")

@@ -14,6 +14,9 @@ from .rewards import denoising_errors, implicit_reward, preference_probability
 from .seeding import JUDGE_DRAWS, derived_generator
 
 
+NORMALIZATIONS = (None, "reference")
+
+
 def prompt_generator(seed: int, prompt_id: int) -> torch.Generator:
     """A generator for one prompt's draws, independent of batching and of which process handles the prompt."""
     return derived_generator(seed, JUDGE_DRAWS, prompt_id)
@@ -37,6 +40,12 @@ class ImplicitDiffusionRewardScorer:
         seed (`int`, defaults to 0): base seed; prompt `i` of a call uses its own generator seeded by (seed, id).
         autocast_dtype (`torch.dtype` or `str`, *optional*): run both models under autocast to this half dtype
             (`"bfloat16"`, `"float16"`), as mixed-precision training does; `None` runs them in their own dtype.
+        timestep_range (`tuple[int, int]`, *optional*): draw t uniformly in `[low, high)` instead of over every
+            training timestep (low t judges fine detail, high t composition).
+        normalization (`str`, *optional*): `None` averages the raw error differences over the K draws (the paper: draws
+            at the timesteps where errors are large dominate); `"reference"` divides each draw's difference by the
+            reference's error on that draw first, so that every draw counts alike. The reward is then a relative
+            change (`-(beta / 2) * mean_k((e_policy - e_ref) / e_ref)`) and `probability` no longer the DPO one.
 
     Both models always run in eval mode (no dropout) and under the same autocast, so a model judged against an equal
     copy of itself gets rewards of exactly 0.
@@ -55,6 +64,8 @@ class ImplicitDiffusionRewardScorer:
         max_batch_size: int = 32,
         seed: int = 0,
         autocast_dtype: torch.dtype | str | None = None,
+        timestep_range: tuple[int, int] | None = None,
+        normalization: str | None = None,
     ):
         self.policy = policy if isinstance(policy, UNetView) else UNetView(policy)
         self.reference = reference if isinstance(reference, UNetView) else UNetView(reference)
@@ -75,6 +86,18 @@ class ImplicitDiffusionRewardScorer:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}.")
         self.model = model if isinstance(model, TextToImageModel) else TextToImageModel(model)
+        num_timesteps = self.model.num_train_timesteps
+        if timestep_range is not None:
+            low, high = (int(t) for t in timestep_range)
+            if not 0 <= low < high <= num_timesteps:
+                raise ValueError(
+                    f"timestep_range={tuple(timestep_range)} is not a range [low, high) within [0, {num_timesteps}]."
+                )
+            timestep_range = (low, high)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
+        self.timestep_range = timestep_range or (0, num_timesteps)
+        self.normalization = normalization
         self.beta = beta
         self.num_draws = num_draws
         self.max_batch_size = max_batch_size
@@ -88,12 +111,12 @@ class ImplicitDiffusionRewardScorer:
         for prompt_id in prompt_ids:
             generator = prompt_generator(self.seed, int(prompt_id))
             noises.append(torch.randn((self.num_draws, *latent_shape), generator=generator))
-            timesteps.append(torch.randint(0, self.model.num_train_timesteps, (self.num_draws,), generator=generator))
+            timesteps.append(torch.randint(*self.timestep_range, (self.num_draws,), generator=generator))
         return torch.stack(noises), torch.stack(timesteps)
 
     @torch.no_grad()
-    def _mean_errors(self, view: UNetView, latents, noise, timesteps, conditioning) -> torch.Tensor:
-        """Mean over draws of e(x). latents [P, N, *s], noise [P, K, *s], timesteps [P, K] -> [P, N]."""
+    def _errors(self, view: UNetView, latents, noise, timesteps, conditioning) -> torch.Tensor:
+        """e(x) for every draw. latents [P, N, *s], noise [P, K, *s], timesteps [P, K] -> [P, N, K]."""
         num_prompts, num_candidates = latents.shape[:2]
         k = self.num_draws
         device = self.model.device
@@ -116,7 +139,7 @@ class ImplicitDiffusionRewardScorer:
                         conditioning.index(prompt_index[rows].to(conditioning.encoder_hidden_states.device)),
                     ).cpu()
                 )
-        return torch.cat(errors).view(num_prompts, num_candidates, k).mean(dim=2)
+        return torch.cat(errors).view(num_prompts, num_candidates, k)
 
     def conditioning_for(self, prompts: list[str]) -> UNetConditioning:
         hidden, pooled = self.model.encode_prompts(list(prompts))
@@ -153,9 +176,12 @@ class ImplicitDiffusionRewardScorer:
             self.seed = saved_seed
         conditioning = self.conditioning_for(prompts)
         latents = latents.float().cpu()
-        policy = self._mean_errors(self.policy, latents, noise, timesteps, conditioning)
-        reference = self._mean_errors(self.reference, latents, noise, timesteps, conditioning)
-        rewards = implicit_reward(policy, reference, self.beta)
+        policy = self._errors(self.policy, latents, noise, timesteps, conditioning)
+        reference = self._errors(self.reference, latents, noise, timesteps, conditioning)
+        if self.normalization == "reference":
+            rewards = implicit_reward(policy / reference, torch.ones_like(reference), self.beta).mean(dim=2)
+        else:
+            rewards = implicit_reward(policy.mean(dim=2), reference.mean(dim=2), self.beta)
         return rewards[:, 0] if single else rewards
 
     @torch.no_grad()

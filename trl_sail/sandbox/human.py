@@ -10,6 +10,11 @@
   palette colours, not washed out toward grey), *clean* (no specks or smudges on the background away from the shape),
   *sharp* (few half-way pixels between shape and background per unit of perimeter: a crisp edge, not a blur).
 
+With `taste="prompt"` the taste depends on the prompt: for each combination of the `taste_key` attributes (by
+default colour and shape) the human wants the shape either vivid or washed out, and either sharp or soft (a seeded,
+balanced assignment of the four patterns); "clean" is always wanted. Such a taste has to be learnt per combination,
+so it takes more labels than a global one.
+
 The score is `10 * (alignment_weight * alignment + (1 - alignment_weight) * taste)`, in [0, 10]. Labels of a pair
 follow Bradley-Terry: with probability `tie_rate` the pair is a tie, otherwise image 0 wins with probability
 `sigmoid((s_0 - s_1) / temperature)`.
@@ -85,6 +90,21 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
+_ATTRIBUTE_VALUES = {"size": SIZES, "color": COLORS, "shape": SHAPES, "position": POSITIONS, "background": COLORS}
+
+
+@cache
+def _style_assignment(key: tuple[str, ...], seed: int) -> dict[tuple[str, ...], tuple[bool, bool]]:
+    """A balanced, seeded assignment of the four (vivid?, sharp?) patterns to every combination of `key`'s values."""
+    import itertools
+
+    combinations = list(itertools.product(*(_ATTRIBUTE_VALUES[a] for a in key)))
+    patterns = [(True, True), (True, False), (False, True), (False, False)]
+    assigned = [patterns[i % 4] for i in range(len(combinations))]
+    order = np.random.default_rng(seed).permutation(len(combinations))
+    return {combinations[j]: assigned[rank] for rank, j in enumerate(order)}
+
+
 @dataclass
 class SimulatedHuman:
     """A deterministic judge of sandbox images with a known preference, and a noisy labeller of pairs.
@@ -97,13 +117,29 @@ class SimulatedHuman:
             `sigmoid((s_0 - s_1) / temperature)`. Lower is a more consistent annotator.
         tie_rate (`float`, defaults to `0.1`):
             Probability that a pair is labelled a tie (`label_0 = label_1 = 0.5`), whatever the scores.
+        taste (`str`, defaults to `"global"`):
+            `"global"`: vivid, clean and sharp are always wanted. `"prompt"`: whether vivid and sharp are wanted (or
+            their opposites, washed out and soft) depends on the prompt's `taste_key` attributes.
+        taste_key (`tuple[str, ...]`, defaults to `("color", "shape")`):
+            The prompt attributes the taste depends on with `taste="prompt"`.
+        taste_seed (`int`, defaults to `0`):
+            Seed of the assignment of the four (vivid?, sharp?) patterns to the `taste_key` combinations.
     """
 
     alignment_weight: float = 0.6
     temperature: float = 0.5
     tie_rate: float = 0.1
+    taste: str = "global"
+    taste_key: tuple[str, ...] = ("color", "shape")
+    taste_seed: int = 0
 
     def __post_init__(self):
+        if self.taste not in ("global", "prompt"):
+            raise ValueError(f"taste must be 'global' or 'prompt', got {self.taste!r}.")
+        unknown = set(self.taste_key) - set(ATTRIBUTES)
+        if unknown or not self.taste_key:
+            raise ValueError(f"taste_key must be prompt attributes among {ATTRIBUTES}, got {self.taste_key}.")
+        self.taste_key = tuple(self.taste_key)
         if not 0.0 <= self.alignment_weight <= 1.0:
             raise ValueError(f"alignment_weight must be in [0, 1], got {self.alignment_weight}.")
         if self.temperature <= 0:
@@ -114,6 +150,13 @@ class SimulatedHuman:
     # ----------------------------------------------------------------------------------------------------------
     # Scores
     # ----------------------------------------------------------------------------------------------------------
+    def wanted_style(self, prompt: str) -> tuple[bool, bool]:
+        """(wants vivid, wants sharp) for `prompt`: always (True, True) with the global taste."""
+        if self.taste == "global":
+            return True, True
+        wanted = parse_prompt(prompt)
+        return _style_assignment(self.taste_key, self.taste_seed)[tuple(wanted[a] for a in self.taste_key)]
+
     def score(self, image, prompt: str) -> float:
         """The human's score of `image` (PIL image or `[H, W, 3]` array) for a sandbox `prompt`, in [0, 10]."""
         return self.score_details(image, prompt)["score"]
@@ -195,7 +238,10 @@ class SimulatedHuman:
             details["sharp"] = float(np.clip(1.0 - (mixed / perimeter - _SHARP_CLEAN) / _SHARP_RANGE, 0.0, 1.0))
 
         details["alignment"] = float(np.mean([details[name] for name in ATTRIBUTES]))
-        details["taste"] = float(np.mean([details["vivid"], details["clean"], details["sharp"]]))
+        wants_vivid, wants_sharp = self.wanted_style(prompt)
+        vivid = details["vivid"] if wants_vivid else 1.0 - details["vivid"]
+        sharp = details["sharp"] if wants_sharp else 1.0 - details["sharp"]
+        details["taste"] = float(np.mean([vivid, details["clean"], sharp])) if blob is not None else 0.0
         details["score"] = 10.0 * (
             self.alignment_weight * details["alignment"] + (1.0 - self.alignment_weight) * details["taste"]
         )

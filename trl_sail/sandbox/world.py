@@ -70,6 +70,8 @@ class SandboxWorldConfig:
 
     Parameters:
         name (`str`): the world's name, used in its cache directory.
+        base_world (`str`, *optional*): the name of a world with the same pretraining settings whose base model this
+            world reuses (a world that changes only the human or the splits need not pretrain again).
 
         > Parameters that control the base model and its pretraining
 
@@ -100,7 +102,9 @@ class SandboxWorldConfig:
         > Parameters that control the simulated human
 
         alignment_weight (`float`, defaults to `0.6`), temperature (`float`, defaults to `0.5`),
-        tie_rate (`float`, defaults to `0.1`): see `SimulatedHuman`.
+        tie_rate (`float`, defaults to `0.1`), taste (`str`, defaults to `"global"`), taste_key
+        (`tuple[str, ...]`, defaults to `("color", "shape")`), taste_seed (`int`, defaults to `0`): see
+        `SimulatedHuman`.
 
         > Parameters that control the splits
 
@@ -114,6 +118,7 @@ class SandboxWorldConfig:
     """
 
     name: str = "default"
+    base_world: str | None = None
     image_size: int = 32
     unet_block_out_channels: tuple[int, ...] = (32, 64, 64)
     text_hidden_size: int = 32
@@ -137,6 +142,9 @@ class SandboxWorldConfig:
     alignment_weight: float = 0.6
     temperature: float = 0.5
     tie_rate: float = 0.1
+    taste: str = "global"
+    taste_key: tuple[str, ...] = ("color", "shape")
+    taste_seed: int = 0
     split_seed: int = 0
     num_eval_prompts: int = 100
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
@@ -155,6 +163,12 @@ class SandboxWorldConfig:
             raise ValueError(f"full_factor must be at least 1, got {self.full_factor}.")
 
     @property
+    def cache_name(self) -> str:
+        """Directory name of the world's base model (and data) in the cache: worlds that differ only in their human
+        or splits (`base_world`) share one pretrained base model."""
+        return f"{self.base_world or self.name}-{self.pretraining_hash}"
+
+    @property
     def pretraining_hash(self) -> str:
         """Hash of the settings that determine the base model (and the sandbox version)."""
         settings = {name: getattr(self, name) for name in _PRETRAINING_FIELDS}
@@ -166,6 +180,8 @@ class SandboxWorldConfig:
     def data_hash(self) -> str:
         """Hash of the settings that determine the preference datasets, given the base model."""
         names = ("num_inference_steps", "guidance_scale", "alignment_weight", "temperature", "tie_rate")
+        if self.taste != "global":  # (the global taste's datasets keep the hash they had before tastes existed)
+            names += ("taste", "taste_key", "taste_seed")
         names += ("split_seed", "num_eval_prompts", "num_pool_prompts", "num_seed_pairs", "full_factor")
         return _hash({"version": SANDBOX_VERSION, **{name: getattr(self, name) for name in names}})
 
@@ -179,6 +195,12 @@ def _hash(settings: dict) -> str:
 
 WORLDS = {
     "default": SandboxWorldConfig(name="default"),
+    # Worlds whose taste depends on the prompt (see `SimulatedHuman`): it has to be learnt per combination of two
+    # prompt attributes, so labels matter. They reuse the default world's base model.
+    "prompt-taste": SandboxWorldConfig(name="prompt-taste", base_world="default", taste="prompt"),
+    "prompt-taste-b": SandboxWorldConfig(
+        name="prompt-taste-b", base_world="default", taste="prompt", taste_key=("background", "size"), taste_seed=1
+    ),
     "test": SandboxWorldConfig(
         name="test",
         unet_block_out_channels=(32, 64),
@@ -263,7 +285,7 @@ def get_sandbox_pipeline(
         `sandbox_world.json` describing how it was made.
     """
     config = get_world_config(world)
-    directory = os.path.join(cache_dir or default_cache_dir(), f"{config.name}-{config.pretraining_hash}")
+    directory = os.path.join(cache_dir or default_cache_dir(), config.cache_name)
     target = os.path.join(directory, "pipeline")
     if os.path.isdir(target):
         return target
@@ -316,6 +338,9 @@ class SandboxWorld:
             alignment_weight=self.config.alignment_weight,
             temperature=self.config.temperature,
             tie_rate=self.config.tie_rate,
+            taste=self.config.taste,
+            taste_key=tuple(self.config.taste_key),
+            taste_seed=self.config.taste_seed,
         )
         prompts = all_prompts()
         prompts = [prompts[i] for i in np.random.default_rng([self.config.split_seed, 0]).permutation(len(prompts))]
@@ -327,7 +352,7 @@ class SandboxWorld:
 
     @property
     def directory(self) -> str:
-        return os.path.join(self.cache_dir, f"{self.config.name}-{self.config.pretraining_hash}")
+        return os.path.join(self.cache_dir, self.config.cache_name)
 
     @property
     def pipeline_path(self) -> str:
