@@ -255,3 +255,26 @@ def test_exam_grades_with_shared_fixed_draws(tiny_sd15_path, make_pair_dataset):
     assert torch.equal(
         exam.rewards(scorer), scorer.score_latents(exam.latents, exam.prompts, range(6), seed=EXAM_SEED)
     )
+
+
+def test_health_signals_warn_on_a_chance_judge_unstable_picks_and_a_worse_model(tiny_sd15_path, tmp_path):
+    args = sail_run.sail_config(str(tmp_path / "out"), num_rounds=2, prompts_per_round=2, push_to_hub=False)
+    trainer = SAILTrainer(tiny_sd15_path, args, sail_run.seed_dataset(), prompt_dataset=sail_run.PROMPTS)
+    pairs = Dataset.from_dict(
+        {"p": [0.99] * 8, "diversity": [0.5] * 8, "stable_under_fresh_draws": [1.0] * 6 + [0.0] * 2}
+    )
+    healthy = {"judge": "anchor", "heldout/judge_accuracy": 0.8, "heldout/judge_accuracy_se": 0.05}
+    stats = trainer._monitor(1, pairs, 0, healthy)
+    assert stats["pick_stability"] == 0.75 and stats["warnings"] == []
+    chance = {"judge": "paper", "heldout/judge_accuracy": 0.6, "heldout/judge_accuracy_se": 0.06}
+    assert any("not better than chance" in w for w in trainer._monitor(2, pairs, 0, chance)["warnings"])
+    unstable = pairs.map(lambda row, i: {"stable_under_fresh_draws": float(i % 2)}, with_indices=True)
+    assert any("mostly noise" in w for w in trainer._monitor(1, unstable, 0, healthy)["warnings"])
+    # The model after a round: worse than an earlier round by more than 2 SE warns, within 2 SE does not.
+    trainer.summaries = [{"round": 0, "heldout/policy_accuracy": 0.8, "heldout/policy_accuracy_se": 0.05}]
+    worse = {"heldout/policy_accuracy": 0.65, "heldout/policy_accuracy_se": 0.05}
+    trainer._warn_if_worse(1, worse)
+    assert any("made it worse" in w for w in worse["warnings"])
+    close = {"heldout/policy_accuracy": 0.72, "heldout/policy_accuracy_se": 0.05}
+    trainer._warn_if_worse(1, close)
+    assert "warnings" not in close

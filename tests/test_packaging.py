@@ -6,9 +6,11 @@ import importlib.metadata
 import os
 import re
 import sys
-import tomllib
 
 import pytest
+
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -38,7 +38,11 @@ def test_sail_subcommand_reads_yaml_and_flags_win(tiny_sd15_path, tmp_path):
     # The flags won over the YAML, and the YAML over the defaults.
     assert trainer.args.num_rounds == 1 and trainer.args.mixup_alpha == 0.5 and trainer.args.num_candidates == 3
     assert trainer.is_lora and trainer.args.eval_prompts == ["held out prompt"]
-    assert sorted(os.listdir(tmp_path / "out")) == ["round_0", "round_1", "sail_summary.md", "work"]
+    # `best` points at the round the held-out exam chose (select_best_round is on by default).
+    assert sorted(os.listdir(tmp_path / "out")) == ["best", "round_0", "round_1", "sail_summary.md", "work"]
+    assert os.path.realpath(tmp_path / "out" / "best") in {
+        str((tmp_path / "out" / r).resolve()) for r in ("round_0", "round_1")
+    }
     prefs = load_from_disk(str(tmp_path / "out" / "round_1" / "preferences"))
     assert len(prefs) == 2 and set(prefs["prompt"]) <= set(sail_run.PROMPTS) - {"held out prompt"}
     assert os.path.isfile(tmp_path / "out" / "round_1" / "pytorch_lora_weights.safetensors")

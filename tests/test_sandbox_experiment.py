@@ -1,6 +1,5 @@
 """The sandbox's claims, measured on the small "test" world (its base model is pretrained once and cached)."""
 
-import json
 import math
 import os
 import re
@@ -36,7 +35,7 @@ def train_dpo(world, dataset, output_dir: str, steps: int) -> str:
 def full_dpo_model(sandbox_test_world, tmp_path_factory):
     """Diffusion-DPO on the test world's full human set, as long as SAIL's four DPO phases together."""
     settings = ExperimentSettings(world="test")
-    steps = (1 + settings.num_rounds) * settings.phase_steps
+    steps = settings.sail_steps
     return train_dpo(sandbox_test_world, sandbox_test_world.full_dataset(), str(tmp_path_factory.mktemp("dpo")), steps)
 
 
@@ -77,39 +76,96 @@ def test_round_0_judge_agrees_with_the_human(tmp_path):
     from trl_sail.sandbox import SandboxWorld
 
     world = SandboxWorld("default", log=None)
-    anchor = train_dpo(world, world.seed_dataset(), str(tmp_path / "anchor"), ExperimentSettings().phase_steps)
+    anchor = train_dpo(world, world.seed_dataset(), str(tmp_path / "anchor"), ExperimentSettings().anchor_steps)
     wins, trials = judge_agreement(world, anchor, str(tmp_path / "generation"))
     assert wins / trials > 0.5 and binomial_tail(wins, trials) < 0.05, (wins, trials)
 
 
 def test_report_table_equals_recomputation_from_saved_scores(sandbox_test_world, tmp_path):
+    """Two training seeds, both recipes: the report's table (means and SEs across seeds) is what the per-sample score
+    files of every arm and seed give, and the verdict compares the selected SAIL model with the matched controls."""
     settings = ExperimentSettings(
-        world="test", num_rounds=1, prompts_per_round=8, num_candidates=2, num_reward_draws=2, phase_steps=3
-    )
+        world="test", seeds=(0, 1), num_rounds=1, prompts_per_round=8, num_candidates=2, num_reward_draws=2,
+        anchor_steps=3, phase_steps=3, full_steps=4, judge_holdout_fraction=0.25,
+    )  # fmt: skip
     experiment = Experiment(str(tmp_path), settings, log=lambda message: None)
     result = experiment.run()
     report = open(tmp_path / "report.md").read()
-    # Recompute from the per-sample records saved for each arm (not from the report's own scores.json).
     arms = [row["arm"] for row in result["rows"]]
-    assert arms == ["base", "dpo-6%", "sail-r1", "dpo-100%"]
-    recomputed = {
-        arm: {
+    assert set(arms) == {
+        "base", "dpo-6%", "sail-paper-r1", "sail-ours-r1", "sail-ours", "dpo-6%-matched", "dpo-100%",
+        "dpo-100%-matched",
+    }  # fmt: skip
+    # Recompute from the per-sample records saved for each arm and seed (not from the report's own scores.json).
+    recomputed = {}
+    for row in result["rows"]:
+        seeds = ["-"] if row["arm"] == "base" else ["0", "1"]
+        recomputed[row["arm"]] = {
             "method": row["method"],
             "labeled_pairs": row["labeled_pairs"],
-            "scores": SandboxEvaluation.load(str(tmp_path / "scores" / arm)).scores.tolist(),
+            "scores": {
+                seed: SandboxEvaluation.load(
+                    str(tmp_path / ("" if seed == "-" else f"seed_{seed}") / "scores" / row["arm"])
+                ).scores.tolist()
+                for seed in seeds
+            },
         }
-        for arm, row in zip(arms, result["rows"])
-    }
     table = {row["arm"]: row for row in compute_table(recomputed)}
+    assert table["dpo-6%"]["seeds"] == 2 and table["dpo-6%"]["se_over"] == "training seeds"
     for line in report.splitlines():
-        match = re.match(r"\| (\S+) \| [^|]+ \| (\d+) \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|", line)
+        match = re.match(r"\| (\S+) \| [^|]+ \| (\d+) \| (\d+) \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|", line)
         if match is None:
             continue
-        row = table[match.group(1)]
-        assert int(match.group(2)) == row["labeled_pairs"]
-        assert float(match.group(3)) == pytest.approx(row["human_score"], abs=1e-3)
-        assert float(match.group(5)) == pytest.approx(row["win_rate_vs_base"], abs=1e-3)
-        table.pop(match.group(1))
+        row = table.pop(match.group(1))
+        assert int(match.group(2)) == row["labeled_pairs"] and int(match.group(3)) == row["seeds"]
+        assert float(match.group(4)) == pytest.approx(row["human_score"], abs=1e-3)
+        assert float(match.group(5)) == pytest.approx(row["human_score_se"], abs=1e-3)
+        assert float(match.group(6)) == pytest.approx(row["win_rate_vs_base"], abs=1e-3)
     assert not table, f"arms missing from the report: {sorted(table)}"
-    assert json.load(open(tmp_path / "scores.json")).keys() == set(arms)
-    assert os.path.isfile(tmp_path / "score_by_round.png") and os.path.isfile(tmp_path / "samples" / "sail-r1.png")
+    # The held-out exam sits next to the human's agreement, per recipe and round.
+    judge_lines = [line for line in report.splitlines() if line.startswith("| ours | 1 |")]
+    assert judge_lines and "±" in judge_lines[0].split("|")[6]
+    assert "**Verdict.** SAIL (ours; selected rounds" in report and "vs dpo-6%-matched" in report
+    assert os.path.isfile(tmp_path / "score_by_round.png") and os.path.isfile(
+        tmp_path / "samples" / "sail-ours-r1.png"
+    )
+
+
+@pytest.fixture(scope="module")
+def monitored_sail(sandbox_test_world, tmp_path_factory):
+    """SAIL on the test world with its full human set as seed pairs (so the held-out exam has ~100 pairs): a healthy
+    round (the paper's mixing and step count), then a planted collapse (no mixup, many steps at a high rate)."""
+    from trl_sail import SAILConfig, SAILTrainer
+
+    world = sandbox_test_world
+    settings = ExperimentSettings(world="test")
+
+    def run(name: str, **overrides):
+        directory = str(tmp_path_factory.mktemp(name))
+        values = dict(
+            per_device_train_batch_size=16, learning_rate=5e-5, lr_scheduler_type="constant", report_to=[],
+            disable_tqdm=True, save_strategy="no", max_steps=40, self_round_max_steps=20, num_rounds=1,
+            prompts_per_round=[32], num_candidates=4, num_reward_draws=4, sampling_scheduler="ddim",
+            sampling_num_inference_steps=world.config.num_inference_steps,
+            sampling_guidance_scale=world.config.guidance_scale, generation_batch_size=16, scoring_batch_size=256,
+            judge_holdout_fraction=0.2, eval_prompts=list(world.eval_prompts), seed=settings.seed,
+        )  # fmt: skip
+        values.update(overrides)
+        return SAILTrainer(
+            world.pipeline_path,
+            SAILConfig(directory, **values),
+            world.full_dataset(),
+            prompt_dataset=world.pool_prompts,
+        ).train()
+
+    healthy = run("healthy")
+    collapsed = run("collapsed", num_rounds=2, mixup_alpha=1.0, self_round_max_steps=300, learning_rate=3e-4)
+    return healthy, collapsed
+
+
+def test_the_monitor_is_quiet_on_a_healthy_round_and_fires_on_a_planted_collapse(monitored_sail):
+    healthy, collapsed = monitored_sail
+    assert healthy[1]["warnings"] == [], healthy[1]["warnings"]
+    assert healthy[1]["num_heldout_pairs"] >= 90
+    warnings = [w for summary in collapsed[1:] for w in summary.get("warnings", [])]
+    assert any("made it worse" in w or "not better than chance" in w for w in warnings), warnings

@@ -81,6 +81,13 @@ def check_precision(frozen_dtype: torch.dtype, autocast_dtype: torch.dtype | Non
         )
 
 
+def _cast(module: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
+    """`module.to(dtype)` only if some parameter is in another dtype (diffusers warns on every dtype cast)."""
+    if dtype is not None and any(p.dtype != dtype for p in module.parameters()):
+        module.to(dtype)
+    return module
+
+
 def set_trained_unet_precision(unet: torch.nn.Module, frozen_dtype: torch.dtype) -> None:
     """Apply the precision rule to the trained UNet, in place (see the module docstring).
 
@@ -89,9 +96,9 @@ def set_trained_unet_precision(unet: torch.nn.Module, frozen_dtype: torch.dtype)
     the very same base weights, so a frozen view of an untrained adapter computes exactly what the policy computes.
     """
     if not getattr(unet, "_hf_peft_config_loaded", False):
-        unet.to(torch.float32)
+        _cast(unet, torch.float32)
         return
-    unet.to(frozen_dtype)
+    _cast(unet, frozen_dtype)
     for name, param in unet.named_parameters():
         if "lora_" in name:
             param.data = param.data.to(torch.float32)
@@ -222,7 +229,7 @@ class TextToImageModel:
 
     def to(self, device=None, dtype=None) -> "TextToImageModel":
         for module in self.frozen_modules():
-            module.to(device) if dtype is None else module.to(device, dtype)
+            _cast(module.to(device), dtype)
         return self
 
     @property
@@ -399,5 +406,4 @@ class UNetView:
 
 def frozen_copy(unet: torch.nn.Module, dtype: torch.dtype | None = None) -> UNetView:
     """A frozen copy of a (full) UNet in the frozen dtype: no gradients, eval mode. The one place copies are made."""
-    copy_ = copy.deepcopy(unet).requires_grad_(False).eval()
-    return UNetView(copy_.to(dtype) if dtype is not None else copy_)
+    return UNetView(_cast(copy.deepcopy(unet).requires_grad_(False).eval(), dtype))

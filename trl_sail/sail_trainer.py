@@ -24,7 +24,7 @@ from collections.abc import Callable
 from accelerate import PartialState
 from datasets import Dataset
 from diffusers.training_utils import free_memory
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .artifacts import (
@@ -106,6 +106,15 @@ def build_seed_split(dataset: Dataset, seed_size: int, seed: int = 0) -> tuple[D
         seen.add(caption)
         pool.append(caption)
     return dataset.select(chosen), pool
+
+
+class _LogAtTrainBegin(TrainerCallback):
+    def __init__(self, trainer, logs: dict):
+        self.trainer, self.logs = trainer, logs
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.logs:
+            self.trainer.log(dict(self.logs))
 
 
 class SAILRoundTrainer(DiffusionDPOTrainer):
@@ -520,7 +529,8 @@ class SAILTrainer:
             max_steps = self._self_round_steps(len(self_pairs))
             info.update(num_seed_pairs=len(self.seed_pairs) if self.seed_pairs else 0, num_self_pairs=len(self_pairs))
         t = time.time()
-        metrics = self._train_dpo(i, train_dataset, reference, max_steps)
+        signals = {f"sail/{key}": info[key] for key in ROUND_SIGNALS if isinstance(info.get(key), (int, float))}
+        metrics = self._train_dpo(i, train_dataset, reference, max_steps, {"sail/round": i, **signals})
         timings["dpo_s"] = round(time.time() - t, 2)
         del reference  # a full fine-tune's frozen copy of the round's start: not needed by the next round
         t = time.time()
@@ -568,7 +578,7 @@ class SAILTrainer:
         values.pop("logging_dir", None)
         return DiffusionDPOConfig(**values)
 
-    def _train_dpo(self, i: int, train_dataset, reference: UNetView, max_steps: int) -> dict:
+    def _train_dpo(self, i: int, train_dataset, reference: UNetView, max_steps: int, round_logs: dict) -> dict:
         phase_args = self._phase_args(i, max_steps)
         final_dir = os.path.join(phase_args.output_dir, "final")
         trainer_class = DiffusionDPOTrainer if i == 0 else SAILRoundTrainer
@@ -587,6 +597,9 @@ class SAILTrainer:
             callbacks=self.callbacks,
             **kwargs,
         )
+        # The round's signals measured before its DPO phase (held-out judge accuracy, pick stability, ...) go to the
+        # phase's trackers (`report_to`) at its first step.
+        trainer.add_callback(_LogAtTrainBegin(trainer, round_logs))
         resume = get_last_checkpoint(phase_args.output_dir) if os.path.isdir(phase_args.output_dir) else None
         trainer.train(resume_from_checkpoint=resume)
         # accelerate wrapped the UNet's forward in the phase's autocast (and a cast of its outputs to float32) and

@@ -1,19 +1,25 @@
 """The sandbox experiment: is SAIL's claim true in a world whose human preference is known?
 
-Arms (all from the same pretrained base, evaluated on held-out prompts with the same seeds):
+Arms (all from the same pretrained base, evaluated on held-out prompts with the same sampling seeds), each trained
+once per training seed (`seeds`, at least 3 for a reported number):
+
 - `base`: the pretrained model;
-- `dpo-6%`: Diffusion-DPO on the seed set, which is also SAIL's round 0 (trained once);
-- `dpo-100%`: Diffusion-DPO on the full set (16x the seed set);
-- `sail-r1` .. `sail-r3`: SAIL's self rounds from the seed set.
-With `extras`: the ablations (no mixup, random pairs, the `anchor` and `cumulative` judges), SAIL* (SAIL from the
-full-set DPO model), online DPO (the loop with the simulated human as an external judge: the ceiling of what labels on
-every self pair would give), and a fourth round.
+- `dpo-6%`: Diffusion-DPO on the seed set at its best step budget (`anchor_steps`, from the label-efficiency sweep):
+  also round 0 of the paper's SAIL recipe;
+- `dpo-100%`: Diffusion-DPO on the full set (16x the seed set) at its best step budget (`full_steps`);
+- `dpo-6%-matched`, `dpo-100%-matched`: the same data for as many optimizer steps as SAIL's rounds together; the
+  6% control separates self-amplification from extra steps on the seed pairs (75% of every self batch);
+- `sail-paper-r1..`: the paper's recipe (judge `paper`, no held-out exam, every round kept);
+- `sail-ours-r1..` and `sail-ours`: the library's recipe (held-out exam, `judge="auto"`, best-round selection;
+  `sail-ours` is the selected round's model);
+- `sail-ours-rpo` (with `rpo_alpha`): the same with the SFT term on chosen images (a loss-side remedy).
+With `extras` (on the first seed): the ablations of the paper's recipe (no mixup, random pairs, `anchor` and
+`cumulative` judges), online DPO (the simulated human judges every self pair) and a fourth round.
 
-Compute is matched in optimizer steps: every DPO phase (round 0, each self round) runs `phase_steps` steps with the
-same batch size; `dpo-100%` runs `(1 + num_rounds) * phase_steps` steps, as many as SAIL's four phases together.
-
-The report (`output_dir/report.md`) is recomputed from `output_dir/scores.json` (per-prompt, per-seed human scores of
-every arm) by `compute_table`, so every number can be checked.
+Compute is matched in optimizer steps (every phase has the same batch and learning rate). The report
+(`output_dir/report.md`) is recomputed from `output_dir/scores.json` by `compute_table`: per arm, the mean over training
+seeds of the human score (and of the win rate against the base on the same prompt and sampling seed), with the
+standard error across training seeds.
 """
 
 import json
@@ -21,11 +27,10 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
-
-from .evaluate import _mean_and_se
 
 
 @dataclass
@@ -33,79 +38,116 @@ class ExperimentSettings:
     """Frozen settings of the sandbox experiment (docs/sandbox.md records them with the results). The world (base
     model, simulated human, splits, sampling) is set by the sandbox world's own configuration."""
 
-    world: str = "default"
-    seed: int = 0
+    world: str = "prompt-taste"
+    seeds: tuple[int, ...] = (0, 1, 2)
     num_rounds: int = 3
     prompts_per_round: int = 96
     num_candidates: int = 8
     num_reward_draws: int = 10
     mixup_alpha: float = 0.25
+    anchor_steps: int = 60
+    full_steps: int = 240
     phase_steps: int = 60
     batch_size: int = 16
     learning_rate: float = 5e-5
     beta: float = 5000.0
+    judge_holdout_fraction: float = 0.2
+    judge_candidates: tuple[str, ...] = ("paper", "anchor", "cumulative")
+    rpo_alpha: float | None = None
+    workers: int = 1
+    recipes: tuple[str, ...] = field(default=("paper", "ours"))
+
+    @property
+    def sail_steps(self) -> int:
+        """Optimizer steps of a whole SAIL run (round 0 and every self round)."""
+        return self.anchor_steps + self.num_rounds * self.phase_steps
+
+    @property
+    def seed(self) -> int:
+        return self.seeds[0]
 
 
-TEST_SETTINGS = dict(prompts_per_round=32, num_candidates=4, num_reward_draws=4)
+TEST_SETTINGS = dict(prompts_per_round=32, num_candidates=4, num_reward_draws=4, world="test")
 
 
 # ----------------------------------------------------------------------------------------------------- statistics
-def compute_table(scores: dict) -> list[dict]:
-    """The report's rows from `scores.json`: per arm, mean human score and win rate vs base, each +- SE over prompts.
+def _mean_se(values) -> tuple[float, float]:
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return float(values.mean()), se
 
-    `scores[arm]["scores"][i][j]` is the human score of the image for eval prompt i and seed j. A win compares an arm's
-    image with the base's image for the same prompt and seed (a tie counts 1/2); per-prompt means are the unit of the
-    standard error.
+
+def compute_table(scores: dict) -> list[dict]:
+    """The report's rows from `scores.json`: per arm, mean human score and win rate vs base over training seeds.
+
+    `scores[arm]["scores"][seed][i][j]` is the human score of the image for eval prompt i and sampling seed j of the
+    arm trained with training seed `seed` (`base` has one entry, under its key `"-"`). A win compares an arm's image
+    with the base's for the same prompt and sampling seed (a tie counts 1/2). The standard error is taken across
+    training seeds; with one training seed it is taken across prompts instead (`se_over`).
     """
-    base = np.asarray(scores["base"]["scores"], dtype=np.float64)
+    base = np.asarray(next(iter(scores["base"]["scores"].values())), dtype=np.float64)
     rows = []
     for arm, entry in scores.items():
-        values = np.asarray(entry["scores"], dtype=np.float64)
-        wins = (values > base) + 0.5 * (values == base)
-        score, score_se = _mean_and_se(values.mean(axis=1))
-        win, win_se = _mean_and_se(wins.mean(axis=1))
+        per_seed = {seed: np.asarray(values, dtype=np.float64) for seed, values in entry["scores"].items()}
+        means = [values.mean() for values in per_seed.values()]
+        win_rates = [((v > base) + 0.5 * (v == base)).mean() for v in per_seed.values()]
+        if len(per_seed) > 1:
+            (score, score_se), (win, win_se), se_over = _mean_se(means), _mean_se(win_rates), "training seeds"
+        else:
+            (values,) = per_seed.values()
+            wins = (values > base) + 0.5 * (values == base)
+            (score, score_se), (win, win_se) = _mean_se(values.mean(axis=1)), _mean_se(wins.mean(axis=1))
+            se_over = "prompts"
         rows.append(
             {
                 "arm": arm,
                 "method": entry["method"],
                 "labeled_pairs": entry["labeled_pairs"],
+                "seeds": len(per_seed),
                 "human_score": score,
                 "human_score_se": score_se,
                 "win_rate_vs_base": win,
-                "win_rate_se": win_se,
+                "win_rate_se": 0.0 if arm == "base" else win_se,
+                "se_over": se_over,
+                "per_seed": {seed: float(m) for seed, m in zip(per_seed, means)},
             }
         )
     return rows
 
 
+def paired_difference(rows: list[dict], arm: str, other: str) -> tuple[float, float] | None:
+    """Mean and standard error across training seeds of `arm - other` (paired by seed)."""
+    by_arm = {r["arm"]: r["per_seed"] for r in rows}
+    if arm not in by_arm or other not in by_arm:
+        return None
+    seeds = sorted(set(by_arm[arm]) & set(by_arm[other]))
+    return _mean_se([by_arm[arm][s] - by_arm[other][s] for s in seeds])
+
+
 def table_markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | method | labeled pairs | human score (± SE) | win rate vs base (± SE) |",
-        "|---|---|---|---|---|",
+        "| model | method | labeled pairs | seeds | human score (± SE) | win rate vs base (± SE) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['arm']} | {r['method']} | {r['labeled_pairs']} | {r['human_score']:.3f} ± {r['human_score_se']:.3f} | "
-            f"{r['win_rate_vs_base']:.3f} ± {r['win_rate_se']:.3f} |"
+            f"| {r['arm']} | {r['method']} | {r['labeled_pairs']} | {r['seeds']} | "
+            f"{r['human_score']:.3f} ± {r['human_score_se']:.3f} | {r['win_rate_vs_base']:.3f} ± {r['win_rate_se']:.3f} |"
         )
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------- arms
-def _dpo_config(output_dir: str, settings: ExperimentSettings, max_steps: int, **extra):
-    from ..diffusion_dpo_config import DiffusionDPOConfig
-
-    return DiffusionDPOConfig(output_dir, **_training_values(settings, max_steps), **extra)
-
-
-def _training_values(settings: ExperimentSettings, max_steps: int) -> dict:
+def _training_values(settings: ExperimentSettings, max_steps: int, seed: int | None = None) -> dict:
     return dict(
         per_device_train_batch_size=settings.batch_size,
         max_steps=max_steps,
         learning_rate=settings.learning_rate,
         lr_scheduler_type="constant",
         beta=settings.beta,
-        seed=settings.seed,
+        seed=settings.seed if seed is None else seed,
         report_to=[],
         logging_steps=max(1, max_steps // 4),
         save_steps=max(1, max_steps // 2),
@@ -115,11 +157,34 @@ def _training_values(settings: ExperimentSettings, max_steps: int) -> dict:
     )
 
 
-def _sail_config(output_dir: str, settings: ExperimentSettings, world, **overrides):
+def _dpo_config(output_dir: str, settings: ExperimentSettings, max_steps: int, seed: int | None = None, **extra):
+    from ..diffusion_dpo_config import DiffusionDPOConfig
+
+    return DiffusionDPOConfig(output_dir, **_training_values(settings, max_steps, seed), **extra)
+
+
+def recipe_overrides(recipe: str, settings: ExperimentSettings) -> dict:
+    """SAILConfig values of a SAIL recipe: the paper's exact one, or the library's (exam, auto judge, best round)."""
+    if recipe == "paper":
+        return dict(judge="paper", judge_holdout_fraction=0.0, select_best_round=False)
+    ours = dict(
+        judge="auto",
+        judge_candidates=list(settings.judge_candidates),
+        judge_holdout_fraction=settings.judge_holdout_fraction,
+        select_best_round=True,
+    )
+    if recipe == "ours":
+        return ours
+    if recipe == "ours-rpo":
+        return {**ours, "rpo_alpha": settings.rpo_alpha}
+    raise ValueError(f"Unknown SAIL recipe {recipe!r}: 'paper', 'ours' or 'ours-rpo'.")
+
+
+def _sail_config(output_dir: str, settings: ExperimentSettings, world, seed: int | None = None, **overrides):
     from ..sail_config import SAILConfig
 
     values = dict(
-        **_training_values(settings, settings.phase_steps),
+        **_training_values(settings, settings.anchor_steps, seed),
         num_rounds=settings.num_rounds,
         prompts_per_round=[settings.prompts_per_round],
         num_candidates=settings.num_candidates,
@@ -138,7 +203,8 @@ def _sail_config(output_dir: str, settings: ExperimentSettings, world, **overrid
 
 
 class Experiment:
-    """Runs the arms, caches each arm's result on disk (a rerun continues), and writes the report."""
+    """Runs the arms of one or several training seeds, caches each arm's result on disk (a rerun continues), and
+    writes the report."""
 
     def __init__(self, output_dir: str, settings: ExperimentSettings, log=print):
         from .world import SandboxWorld
@@ -166,20 +232,29 @@ class Experiment:
 
             def __exit__(self, *exc):
                 seconds = time.time() - self.start
-                experiment.timings[name] = seconds
+                experiment.timings[name] = experiment.timings.get(name, 0.0) + seconds
                 experiment.log(f"[sandbox] {name}: {seconds:.1f}s")
 
         return _Timer()
 
-    def record(self, arm: str, method: str, labeled_pairs: int, pipeline_or_path) -> None:
-        """Evaluate an arm on the held-out prompts and seeds; its per-sample scores go to `scores/<arm>.json`."""
-        if arm in self.scores:
+    def seed_dir(self, seed: int) -> str:
+        return os.path.join(self.output_dir, f"seed_{seed}")
+
+    # ------------------------------------------------------------------------------------------------- evaluation
+    def record(self, arm: str, method: str, labeled_pairs: int, pipeline_or_path, seed: int | None = None) -> None:
+        """Evaluate an arm (trained with training seed `seed`; `None` for the base) on the held-out prompts and
+        sampling seeds; its per-sample scores go to `<seed dir>/scores/<arm>.json|csv`."""
+        key = "-" if seed is None else str(seed)
+        if key in self.scores.get(arm, {}).get("scores", {}):
             return
         with self.phase(f"evaluate {arm}"):
             evaluation = self.world.evaluate(pipeline_or_path, keep_images=True)
-        evaluation.save(os.path.join(self.output_dir, "scores", arm))
-        self.scores[arm] = {"method": method, "labeled_pairs": labeled_pairs, "scores": evaluation.scores.tolist()}
-        self._save_grid(arm, evaluation.images)
+        directory = self.output_dir if seed is None else self.seed_dir(seed)
+        evaluation.save(os.path.join(directory, "scores", arm))
+        entry = self.scores.setdefault(arm, {"method": method, "labeled_pairs": labeled_pairs, "scores": {}})
+        entry["scores"][key] = evaluation.scores.tolist()
+        if seed is None or seed == self.settings.seeds[0]:
+            self._save_grid(arm, evaluation.images)
         tmp = self.scores_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.scores, f)
@@ -201,57 +276,95 @@ class Experiment:
             os.path.join(self.output_dir, "samples", f"{arm}.png")
         )
 
-    def run(self, extras: bool = False) -> dict:
+    # ------------------------------------------------------------------------------------------------- training
+    def _dpo(self, name: str, dataset, steps: int, seed: int) -> str:
         from ..diffusion_dpo_trainer import DiffusionDPOTrainer
-        from ..sail_trainer import SAILTrainer
 
-        s, data = self.settings, self.data
-        self.record("base", "pretrained", 0, self.base_path)
-
-        sail_dir = os.path.join(self.output_dir, "sail")
-        with self.phase("SAIL (round 0 = Diffusion-DPO on the seed set, then self rounds)"):
-            SAILTrainer(
-                self.base_path, _sail_config(sail_dir, s, self.world), data.seed, prompt_dataset=data.pool_prompts
-            ).train()
-        self.record("dpo-6%", "Diffusion-DPO", len(data.seed), os.path.join(sail_dir, "round_0"))
-        for i in range(1, s.num_rounds + 1):
-            self.record(f"sail-r{i}", "SAIL", len(data.seed), os.path.join(sail_dir, f"round_{i}"))
-
-        full_dir = os.path.join(self.output_dir, "dpo_full")
-        if not os.path.isfile(os.path.join(full_dir, "model_index.json")):
-            with self.phase("Diffusion-DPO on the full set"):
+        directory = os.path.join(self.seed_dir(seed), name)
+        if not os.path.isfile(os.path.join(directory, "model_index.json")):
+            with self.phase(f"{name} ({steps} steps)"):
                 trainer = DiffusionDPOTrainer(
-                    self.base_path,
-                    args=_dpo_config(full_dir, s, (1 + s.num_rounds) * s.phase_steps),
-                    train_dataset=data.full,
+                    self.base_path, args=_dpo_config(directory, self.settings, steps, seed), train_dataset=dataset
                 )
-                trainer.train(resume_from_checkpoint=_last_checkpoint(full_dir))
+                trainer.train(resume_from_checkpoint=_last_checkpoint(directory))
                 trainer.save_model()
-        self.record("dpo-100%", "Diffusion-DPO", len(data.full), full_dir)
-        if extras:
-            self.run_extras(sail_dir, full_dir)
-        return self.report()
-
-    def _sail_variant(self, name: str, overrides: dict, judge=None, from_anchor: bool = True) -> str:
-        """A SAIL run that reuses the main run's round 0 (copied: a finished round is loaded, not retrained)."""
-        from ..sail_trainer import SAILTrainer
-
-        directory = os.path.join(self.output_dir, name)
-        if from_anchor and not os.path.isdir(os.path.join(directory, "round_0")):
-            shutil.copytree(os.path.join(self.output_dir, "sail", "round_0"), os.path.join(directory, "round_0"))
-        with self.phase(name):
-            SAILTrainer(
-                self.base_path,
-                _sail_config(directory, self.settings, self.world, **overrides),
-                self.data.seed,
-                prompt_dataset=self.data.pool_prompts,
-                judge=judge,
-            ).train()
         return directory
 
-    def run_extras(self, sail_dir, full_dir) -> None:
-        s, seed_set, full_set = self.settings, self.data.seed, self.data.full
+    def _sail(self, recipe: str, seed: int, judge=None, **overrides) -> tuple[str, list[dict]]:
+        from ..sail_trainer import SAILTrainer
+
+        name = overrides.pop("name", f"sail_{recipe.replace('-', '_')}")
+        directory = os.path.join(self.seed_dir(seed), name)
+        with self.phase(f"SAIL, {recipe} recipe{' (' + name + ')' if name != 'sail_' + recipe else ''}"):
+            args = _sail_config(
+                directory, self.settings, self.world, seed, **{**recipe_overrides(recipe, self.settings), **overrides}
+            )
+            summaries = SAILTrainer(
+                self.base_path, args, self.data.seed, prompt_dataset=self.data.pool_prompts, judge=judge
+            ).train()
+        return directory, summaries
+
+    def run_seed(self, seed: int, extras: bool = False) -> None:
+        """Every arm of training seed `seed`."""
+        s, data = self.settings, self.data
+        seed_pairs = len(data.seed)
+        for recipe in s.recipes:
+            directory, summaries = self._sail(recipe, seed)
+            if recipe == "paper":
+                self.record("dpo-6%", "Diffusion-DPO", seed_pairs, os.path.join(directory, "round_0"), seed)
+            written = [x["round"] for x in summaries if "stopped" not in x and x["round"] > 0]
+            for i in written:
+                self.record(
+                    f"sail-{recipe}-r{i}", f"SAIL ({recipe} recipe)", seed_pairs, f"{directory}/round_{i}", seed
+                )
+            if recipe != "paper":
+                best = os.path.realpath(os.path.join(directory, "best"))
+                self.record(f"sail-{recipe}", f"SAIL ({recipe} recipe), selected round", seed_pairs, best, seed)
+        matched = self._dpo("dpo_seed_matched", data.seed, s.sail_steps, seed)
+        self.record("dpo-6%-matched", f"Diffusion-DPO, {s.sail_steps} steps", seed_pairs, matched, seed)
+        full = self._dpo("dpo_full", data.full, s.full_steps, seed)
+        self.record("dpo-100%", f"Diffusion-DPO, {s.full_steps} steps", len(data.full), full, seed)
+        if s.full_steps != s.sail_steps:
+            full_matched = self._dpo("dpo_full_matched", data.full, s.sail_steps, seed)
+            self.record("dpo-100%-matched", f"Diffusion-DPO, {s.sail_steps} steps", len(data.full), full_matched, seed)
+        if extras:
+            self.run_extras(seed)
+
+    def run(self, extras: bool = False) -> dict:
+        self.record("base", "pretrained", 0, self.base_path)
+        seeds = list(self.settings.seeds)
+        if self.settings.workers > 1 and len(seeds) > 1:
+            # Independent seeds in parallel processes (one torch thread each); their results are on disk.
+            with ProcessPoolExecutor(min(self.settings.workers, len(seeds))) as pool:
+                for future in [
+                    pool.submit(
+                        _run_seed_in_process, self.output_dir, self.settings, seed, extras and seed == seeds[0]
+                    )
+                    for seed in seeds
+                ]:
+                    future.result()
+            self._merge_seed_scores()
+        else:
+            for seed in seeds:
+                self.run_seed(seed, extras=extras and seed == seeds[0])
+        return self.report()
+
+    def _merge_seed_scores(self) -> None:
+        """Collect the scores that parallel seed processes wrote into their own `scores.json`."""
+        for seed in self.settings.seeds:
+            path = os.path.join(self.seed_dir(seed), "scores.json")
+            if not os.path.isfile(path):
+                continue
+            for arm, entry in json.load(open(path)).items():
+                merged = self.scores.setdefault(arm, {**entry, "scores": {}})
+                merged["scores"].update(entry["scores"])
+        with open(self.scores_path, "w") as f:
+            json.dump(self.scores, f)
+
+    def run_extras(self, seed: int) -> None:
+        s, seed_set = self.settings, self.data.seed
         last = f"round_{s.num_rounds}"
+        paper_round_0 = os.path.join(self.seed_dir(seed), "sail_paper", "round_0")
         variants = {
             "ablation-no-mixup": ("SAIL, no mixup (alpha=1)", {"mixup_alpha": 1.0}),
             "ablation-random-pairs": ("SAIL, random pairs", {"pair_selection": "random"}),
@@ -259,37 +372,21 @@ class Experiment:
             "ablation-judge-cumulative": ("SAIL, cumulative judge", {"judge": "cumulative"}),
         }
         for name, (method, overrides) in variants.items():
-            directory = self._sail_variant(name, overrides)
-            self.record(name, method, len(seed_set), os.path.join(directory, last))
-        online = self._sail_variant("online-dpo", {}, judge=self._human_judge())
+            directory = os.path.join(self.seed_dir(seed), name)
+            if not os.path.isdir(os.path.join(directory, "round_0")):  # reuse the paper run's round 0
+                shutil.copytree(paper_round_0, os.path.join(directory, "round_0"))
+            self._sail("paper", seed, name=name, **overrides)
+            self.record(name, method, len(seed_set), os.path.join(directory, last), seed)
+        directory = os.path.join(self.seed_dir(seed), "online-dpo")
+        if not os.path.isdir(os.path.join(directory, "round_0")):
+            shutil.copytree(paper_round_0, os.path.join(directory, "round_0"))
+        self._sail("paper", seed, judge=self._human_judge(), name="online-dpo")
         self.record(
             "online-dpo",
             "online DPO (simulated human judges every self pair)",
             len(seed_set) + s.num_rounds * s.prompts_per_round,
-            os.path.join(online, last),
-        )
-        star = os.path.join(self.output_dir, "sail-star")
-        with self.phase("SAIL* (from the full-set DPO model)"):
-            from ..sail_trainer import SAILTrainer
-
-            SAILTrainer(
-                full_dir,
-                _sail_config(star, s, self.world, start_from_aligned=True, judge_base_model=self.base_path),
-                seed_set,
-                prompt_dataset=self.data.pool_prompts,
-            ).train()
-        self.record("sail-star", "SAIL* (SAIL on top of DPO-100%)", len(full_set), os.path.join(star, last))
-        with self.phase("SAIL round 4"):
-            from ..sail_trainer import SAILTrainer
-
-            SAILTrainer(
-                self.base_path,
-                _sail_config(sail_dir, s, self.world, num_rounds=s.num_rounds + 1),
-                seed_set,
-                prompt_dataset=self.data.pool_prompts,
-            ).train()
-        self.record(
-            f"sail-r{s.num_rounds + 1}", "SAIL", len(seed_set), os.path.join(sail_dir, f"round_{s.num_rounds + 1}")
+            os.path.join(directory, last),
+            seed,
         )
 
     def _human_judge(self):
@@ -301,67 +398,121 @@ class Experiment:
         return judge
 
     # ------------------------------------------------------------------------------------------------- report
-    def judge_agreement(self) -> list[dict]:
-        """Per SAIL round: how often the simulated human also prefers the image the implicit judge chose."""
+    def judge_quality(self) -> list[dict]:
+        """Per recipe and self round, over training seeds: how often the simulated human also prefers the image the
+        judge chose (on that round's self pairs), and what the held-out exam measured (judge and model accuracy)."""
         from datasets import load_from_disk
 
         rows = []
-        for i in range(1, 100):
-            path = os.path.join(self.output_dir, "sail", f"round_{i}", "preferences")
-            if not os.path.isdir(path):
-                break
-            pairs = load_from_disk(path)
-            human = self.world.human
-            chosen = human.score_batch([np.asarray(image) for image in pairs["chosen"]], pairs["prompt"])
-            rejected = human.score_batch([np.asarray(image) for image in pairs["rejected"]], pairs["prompt"])
-            agree = (chosen > rejected).astype(np.float64)
-            rows.append(
-                {
-                    "round": i,
-                    "pairs": len(agree),
-                    "agreement": float(agree.mean()),
-                    "agreement_se": float(agree.std(ddof=1) / math.sqrt(len(agree))),
-                    "human_score_gap": float((chosen - rejected).mean()),
-                }
-            )
+        human = self.world.human
+        for recipe in self.settings.recipes:
+            for i in range(1, self.settings.num_rounds + 2):
+                agreement, gaps, judge_acc, model_acc, judges = [], [], [], [], []
+                for seed in self.settings.seeds:
+                    directory = os.path.join(self.seed_dir(seed), f"sail_{recipe.replace('-', '_')}", f"round_{i}")
+                    if not os.path.isdir(os.path.join(directory, "preferences")):
+                        continue
+                    pairs = load_from_disk(os.path.join(directory, "preferences"))
+                    chosen = human.score_batch([np.asarray(x) for x in pairs["chosen"]], pairs["prompt"])
+                    rejected = human.score_batch([np.asarray(x) for x in pairs["rejected"]], pairs["prompt"])
+                    agreement.append(float((chosen > rejected).mean()))
+                    gaps.append(float((chosen - rejected).mean()))
+                    summary = json.load(open(os.path.join(directory, "sail_round.json")))
+                    judges.append(summary.get("judge", ""))
+                    if summary.get("heldout/judge_accuracy") is not None:
+                        judge_acc.append(summary["heldout/judge_accuracy"])
+                    if summary.get("heldout/policy_accuracy") is not None:
+                        model_acc.append(summary["heldout/policy_accuracy"])
+                if agreement:
+                    rows.append(
+                        {
+                            "recipe": recipe,
+                            "round": i,
+                            "seeds": len(agreement),
+                            "agreement": _mean_se(agreement),
+                            "human_score_gap": _mean_se(gaps),
+                            "heldout_judge_accuracy": _mean_se(judge_acc) if judge_acc else None,
+                            "heldout_model_accuracy": _mean_se(model_acc) if model_acc else None,
+                            "judges": judges,
+                        }
+                    )
         return rows
+
+    def selected_rounds(self) -> dict:
+        """Per training seed, the round the `ours` recipe selected."""
+        selected = {}
+        for seed in self.settings.seeds:
+            link = os.path.join(self.seed_dir(seed), "sail_ours", "best")
+            if os.path.islink(link):
+                selected[seed] = int(os.readlink(link).split("_")[-1])
+        return selected
+
+    def verdict(self, rows: list[dict]) -> str:
+        """One line: the selected SAIL model against Diffusion-DPO on 6% and on 100% of the labels, compute matched."""
+        by_arm = {r["arm"]: r for r in rows}
+        if "sail-ours" not in by_arm:
+            return ""
+        parts = [
+            f"SAIL (ours; selected rounds {self.selected_rounds()}): {by_arm['sail-ours']['human_score']:.3f} ± "
+            f"{by_arm['sail-ours']['human_score_se']:.3f}"
+        ]
+        for other in ("dpo-6%-matched", "dpo-100%-matched", "dpo-100%"):
+            difference = paired_difference(rows, "sail-ours", other)
+            if difference is not None and other in by_arm:
+                mean, se = difference
+                parts.append(f"vs {other} {by_arm[other]['human_score']:.3f}: {mean:+.3f} ± {se:.3f}")
+        return "; ".join(parts)
 
     def report(self) -> dict:
         rows = compute_table(self.scores)
         table = table_markdown(rows)
-        judge_rows = self.judge_agreement()
+        judge_rows = self.judge_quality()
+
+        def cell(value):
+            return "" if value is None else f"{value[0]:.3f} ± {value[1]:.3f}"
+
         judge_table = "\n".join(
             [
-                "| round | self pairs | human agrees with the judge (± SE) | human score chosen - rejected |",
-                "|---|---|---|---|",
+                "| recipe | round | seeds | human agrees with the judge's picks | human score chosen - rejected | "
+                "held-out: judge accuracy | held-out: model accuracy after the round | judges used |",
+                "|---|---|---|---|---|---|---|---|",
             ]
             + [
-                f"| {r['round']} | {r['pairs']} | {r['agreement']:.3f} ± {r['agreement_se']:.3f} | {r['human_score_gap']:+.3f} |"
+                f"| {r['recipe']} | {r['round']} | {r['seeds']} | {cell(r['agreement'])} | "
+                f"{r['human_score_gap'][0]:+.3f} ± {r['human_score_gap'][1]:.3f} | {cell(r['heldout_judge_accuracy'])} | "
+                f"{cell(r['heldout_model_accuracy'])} | {', '.join(r['judges'])} |"
                 for r in judge_rows
             ]
         )
+        verdict = self.verdict(rows)
         self._plot(rows)
         timing_lines = "\n".join(f"| {name} | {seconds:.1f} |" for name, seconds in self.timings.items())
+        se_over = rows[-1]["se_over"] if rows else "training seeds"
         text = f"""# Sandbox experiment
 
 Settings: `{json.dumps(asdict(self.settings))}`
 
 World: `{json.dumps(self.world.config.to_dict(), default=list)}`
 
-Human score: the simulated human's mean score (0-10) of the held-out prompts' images, {len(self.world.eval_seeds)}
-seeds per prompt; win rate: the fraction of (prompt, seed) images scored above the base model's image for the same
-prompt and seed (ties 1/2). Standard errors over the {len(self.world.eval_prompts)} prompts. Recompute with
+Human score: the simulated human's mean score (0-10) of the held-out prompts' images ({len(self.world.eval_prompts)}
+prompts x {len(self.world.eval_seeds)} sampling seeds); win rate: the fraction of images scored above the base model's
+image for the same prompt and sampling seed (ties 1/2). Each arm is trained once per training seed
+{list(self.settings.seeds)}; ± is the standard error across {se_over}. Recompute with
 `trl_sail.sandbox.experiment.compute_table(json.load(open("scores.json")))`.
 
 {table}
 
+**Verdict.** {verdict}
+
 ![score by round](score_by_round.png)
 
-How good the implicit judge's labels are, measured with the simulated human on each round's self pairs:
+How good the judge's picks are: the simulated human re-scoring each round's self pairs, next to what the held-out exam
+measured before the round (the judge's accuracy on held-out human pairs) and after it (the model's own implicit-reward
+accuracy against the base, the criterion of best-round selection). Mean ± SE across training seeds.
 
 {judge_table}
 
-Sample grids (8 prompts x {len(self.world.eval_seeds)} seeds) are in `samples/`.
+Sample grids (8 prompts x {len(self.world.eval_seeds)} seeds, first training seed) are in `samples/`.
 
 | phase | seconds |
 |---|---|
@@ -370,8 +521,10 @@ Sample grids (8 prompts x {len(self.world.eval_seeds)} seeds) are in `samples/`.
         with open(os.path.join(self.output_dir, "report.md"), "w") as f:
             f.write(text)
         self.log(table)
+        if verdict:
+            self.log(f"[sandbox] verdict: {verdict}")
         self.log(f"[sandbox] report written to {os.path.join(self.output_dir, 'report.md')}")
-        return {"rows": rows, "judge": judge_rows, "timings": self.timings, "output_dir": self.output_dir}
+        return {"rows": rows, "judge": judge_rows, "verdict": verdict, "timings": self.timings}
 
     def _plot(self, rows: list[dict]) -> None:
         import matplotlib
@@ -380,24 +533,38 @@ Sample grids (8 prompts x {len(self.world.eval_seeds)} seeds) are in `samples/`.
         import matplotlib.pyplot as plt
 
         by_arm = {r["arm"]: r for r in rows}
-        rounds = [("dpo-6%", 0)] + [(f"sail-r{i}", i) for i in range(1, 10) if f"sail-r{i}" in by_arm]
         fig, ax = plt.subplots(figsize=(6, 4))
-        xs = [i for arm, i in rounds if arm in by_arm]
-        ys = [by_arm[arm]["human_score"] for arm, _ in rounds if arm in by_arm]
-        es = [by_arm[arm]["human_score_se"] for arm, _ in rounds if arm in by_arm]
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label="SAIL (round 0 = DPO on 6%)")
-        for arm, style in (("base", ":"), ("dpo-100%", "--")):
+        for recipe in self.settings.recipes:
+            rounds = [("dpo-6%", 0)] + [(f"sail-{recipe}-r{i}", i) for i in range(1, 10)]
+            points = [(i, by_arm[arm]) for arm, i in rounds if arm in by_arm]
+            ax.errorbar(
+                [i for i, _ in points],
+                [r["human_score"] for _, r in points],
+                yerr=[r["human_score_se"] for _, r in points],
+                marker="o",
+                capsize=3,
+                label=f"SAIL, {recipe} recipe",
+            )
+        for arm, style in (("base", ":"), ("dpo-6%-matched", "-."), ("dpo-100%-matched", "--"), ("dpo-100%", "--")):
             if arm in by_arm:
-                ax.axhline(
-                    by_arm[arm]["human_score"], linestyle=style, color="grey" if arm == "base" else "C1", label=arm
-                )
+                ax.axhline(by_arm[arm]["human_score"], linestyle=style, color="grey", label=arm)
         ax.set_xlabel("round")
         ax.set_ylabel("mean simulated-human score")
-        ax.set_xticks(xs)
-        ax.legend()
+        ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(self.output_dir, "score_by_round.png"), dpi=120)
         plt.close(fig)
+
+
+def _run_seed_in_process(output_dir: str, settings: ExperimentSettings, seed: int, extras: bool) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    experiment = Experiment(output_dir, replace(settings, seeds=(seed,), workers=1))
+    experiment.scores_path = os.path.join(experiment.seed_dir(seed), "scores.json")  # one writer per file
+    os.makedirs(experiment.seed_dir(seed), exist_ok=True)
+    experiment.scores = json.load(open(experiment.scores_path)) if os.path.isfile(experiment.scores_path) else {}
+    experiment.run_seed(seed, extras=extras)
 
 
 def _last_checkpoint(directory: str):
@@ -406,11 +573,15 @@ def _last_checkpoint(directory: str):
     return get_last_checkpoint(directory) if os.path.isdir(directory) else None
 
 
-def run_experiment(output_dir: str = "sandbox-run", world: str = "default", extras: bool = False, **overrides) -> dict:
+def run_experiment(
+    output_dir: str = "sandbox-run", world: str | None = None, extras: bool = False, **overrides
+) -> dict:
     """Run the sandbox experiment (the README's main job) and write `output_dir/report.md`."""
     values = dict(TEST_SETTINGS) if world == "test" else {}
+    if world is not None:
+        values["world"] = world
     values.update(overrides)
-    settings = ExperimentSettings(world=world, **values)
+    settings = ExperimentSettings(**values)
     start = time.time()
     result = Experiment(output_dir, settings).run(extras=extras)
     print(f"[sandbox] total {time.time() - start:.1f}s")

@@ -18,18 +18,12 @@ import json
 import math
 import os
 
-import numpy as np
-
-from .experiment import ExperimentSettings, _dpo_config
+from .experiment import ExperimentSettings, _dpo_config, _mean_se
 
 
-def _mean_se(values) -> tuple[float, float]:
-    values = np.asarray(values, dtype=np.float64)
-    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-    return float(values.mean()), se
-
-
-def train_with_snapshots(world, dataset, output_dir: str, budgets: list[int], seed: int, settings) -> dict[int, str]:
+def train_with_snapshots(
+    world, dataset, output_dir: str, budgets: list[int], seed: int, settings, rpo_alpha: float | None = None
+) -> dict[int, str]:
     """Diffusion-DPO to `max(budgets)` steps, saving a diffusers pipeline at every budget; returns their paths."""
     from transformers import TrainerCallback
 
@@ -38,8 +32,8 @@ def train_with_snapshots(world, dataset, output_dir: str, budgets: list[int], se
     paths = {b: os.path.join(output_dir, f"step_{b}") for b in budgets}
     if all(os.path.isfile(os.path.join(p, "model_index.json")) for p in paths.values()):
         return paths
-    args = _dpo_config(os.path.join(output_dir, "run"), settings, max(budgets), save_strategy="no")
-    args.seed = seed
+    args = _dpo_config(os.path.join(output_dir, "run"), settings, max(budgets), seed, save_strategy="no")
+    args.rpo_alpha = rpo_alpha
     trainer = DiffusionDPOTrainer(world.pipeline_path, args=args, train_dataset=dataset)
 
     class Snapshots(TrainerCallback):
@@ -52,7 +46,14 @@ def train_with_snapshots(world, dataset, output_dir: str, budgets: list[int], se
     return paths
 
 
-def run(world_name: str, budgets: list[int], seeds: list[int], output_dir: str, arms=("6%", "100%")) -> dict:
+def run(
+    world_name: str,
+    budgets: list[int],
+    seeds: list[int],
+    output_dir: str,
+    arms=("6%", "100%"),
+    rpo_alpha: float | None = None,
+) -> dict:
     from .world import SandboxWorld
 
     world = SandboxWorld(world_name, log=print)
@@ -67,7 +68,7 @@ def run(world_name: str, budgets: list[int], seeds: list[int], output_dir: str, 
     for arm in arms:
         for seed in seeds:
             directory = os.path.join(root, f"dpo-{arm.rstrip('%')}", f"seed_{seed}")
-            paths = train_with_snapshots(world, datasets[arm], directory, budgets, seed, settings)
+            paths = train_with_snapshots(world, datasets[arm], directory, budgets, seed, settings, rpo_alpha)
             for budget, path in paths.items():
                 key = f"{arm}|{budget}|{seed}"
                 if key not in results:
@@ -123,8 +124,9 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=["6%", "100%"])
     parser.add_argument("--output_dir", default="sandbox-label-efficiency")
+    parser.add_argument("--rpo_alpha", type=float, default=None, help="DPO with the SFT term on chosen images.")
     args = parser.parse_args(argv)
-    run(args.world, sorted(args.budgets), args.seeds, args.output_dir, tuple(args.arms))
+    run(args.world, sorted(args.budgets), args.seeds, args.output_dir, tuple(args.arms), args.rpo_alpha)
 
 
 if __name__ == "__main__":

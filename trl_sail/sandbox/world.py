@@ -198,6 +198,18 @@ WORLDS = {
     # Worlds whose taste depends on the prompt (see `SimulatedHuman`): it has to be learnt per combination of two
     # prompt attributes, so labels matter. They reuse the default world's base model.
     "prompt-taste": SandboxWorldConfig(name="prompt-taste", base_world="default", taste="prompt"),
+    "noisy-t2": SandboxWorldConfig(name="noisy-t2", base_world="default", temperature=2.0),
+    "taste-bg": SandboxWorldConfig(
+        name="taste-bg",
+        base_world="default",
+        taste="prompt",
+        taste_key=("background",),
+        alignment_weight=0.3,
+        temperature=1.0,
+    ),
+    "few-seeds": SandboxWorldConfig(name="few-seeds", base_world="default", num_seed_pairs=32, temperature=1.0),
+    "taste-first": SandboxWorldConfig(name="taste-first", base_world="default", taste="prompt", alignment_weight=0.3),
+    "noisy-t1": SandboxWorldConfig(name="noisy-t1", base_world="default", temperature=1.0),
     "prompt-taste-b": SandboxWorldConfig(
         name="prompt-taste-b", base_world="default", taste="prompt", taste_key=("background", "size"), taste_seed=1
     ),

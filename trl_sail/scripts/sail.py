@@ -36,11 +36,17 @@ class SAILScriptArguments:
         prompt_dataset_split (`str`, *optional*, defaults to `"train"`): Split of `prompt_dataset_name`.
         eval_prompts_file (`str`, *optional*):
             A text file of evaluation prompts (one per line), removed from the prompt pool and used by `eval_scorers`.
-        sandbox_world (`str`, *optional*, defaults to `"default"`):
-            Sandbox only: `"default"` (the documented experiment) or `"test"` (a smaller world, about a minute).
+        sandbox_world (`str`, *optional*):
+            Sandbox only: a registered world (`trl_sail.sandbox.WORLDS`); by default the experiment's world
+            (`ExperimentSettings.world`, the documented experiment); `"test"` is a smaller world for CI.
+        sandbox_seeds (`list[int]`, *optional*, defaults to `[0, 1, 2]`):
+            Sandbox only: training seeds; every arm is trained once per seed and reported with the standard error
+            across seeds.
+        sandbox_workers (`int`, *optional*, defaults to `2`):
+            Sandbox only: training seeds run in this many parallel processes (one torch thread each).
         sandbox_extras (`bool`, *optional*, defaults to `False`):
-            Sandbox only: also run the ablations (no mixup, random pairs, each judge), SAIL*, the online-DPO baseline
-            and a fourth round.
+            Sandbox only: also run the ablations (no mixup, random pairs, each judge) and the online-DPO baseline on the
+            first seed.
     """
 
     dataset_name: str | None = field(default=None, metadata={"help": "Human preference pairs (seed set)."})
@@ -50,7 +56,11 @@ class SAILScriptArguments:
     prompt_dataset_name: str | None = field(default=None, metadata={"help": "Prompts for the self rounds."})
     prompt_dataset_split: str = field(default="train", metadata={"help": "Split of the prompt dataset."})
     eval_prompts_file: str | None = field(default=None, metadata={"help": "Evaluation prompts, one per line."})
-    sandbox_world: str = field(default="default", metadata={"help": "Sandbox: 'default' or 'test' world."})
+    sandbox_world: str | None = field(
+        default=None, metadata={"help": "Sandbox: the world (default: the experiment's)."}
+    )
+    sandbox_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Sandbox: training seeds."})
+    sandbox_workers: int = field(default=2, metadata={"help": "Sandbox: seeds run in this many processes."})
     sandbox_extras: bool = field(default=False, metadata={"help": "Sandbox: also run ablations and baselines."})
 
 
@@ -81,7 +91,11 @@ def main(script_args: SAILScriptArguments, training_args, model_args: DiffusionM
         from trl_sail.sandbox.experiment import run_experiment
 
         return run_experiment(
-            output_dir=training_args.output_dir, world=script_args.sandbox_world, extras=script_args.sandbox_extras
+            output_dir=training_args.output_dir,
+            world=script_args.sandbox_world,
+            extras=script_args.sandbox_extras,
+            seeds=tuple(script_args.sandbox_seeds),
+            workers=script_args.sandbox_workers,
         )
     if model_args.model_name_or_path is None or script_args.dataset_name is None:
         missing = "--model_name_or_path" if model_args.model_name_or_path is None else "--dataset_name"
