@@ -12,7 +12,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from trl_sail.data import PreferencePairs
-from trl_sail.judge import HeldoutExam, JudgeSpec
+from trl_sail.judge import HeldoutExam, JudgeSpec, judge_unproven
 from trl_sail.models import TextToImageModel, UNetView
 from trl_sail.sail_trainer import EXAM_SEED, SAILTrainer
 
@@ -234,6 +234,38 @@ def test_early_stopping_ends_the_rounds_after_patience_rounds_without_improvemen
     assert [s["round"] for s in summaries] == [0, 1, 2, 3]  # rounds 2 and 3 did not beat round 1: stop
     assert not (tmp_path / "out" / "round_4").exists()
     assert any("fell to" in w for w in summaries[2]["warnings"])  # 0.7 < 0.8 - 2 x 0.01
+
+
+@pytest.mark.parametrize("accuracy, se, trains", [(0.625, 0.171, False), (0.875, 0.117, True)])
+def test_an_unproven_judge_stops_the_rounds_before_generating(
+    tiny_sd15_path, tmp_path, monkeypatch, accuracy, se, trains
+):
+    generated = []
+    original_generate = SAILTrainer._generate
+    monkeypatch.setattr(SAILTrainer, "_generate", lambda self, *a: generated.append(1) or original_generate(self, *a))
+    planted = {"heldout/judge_accuracy": accuracy, "heldout/judge_accuracy_se": se, "judge_exam": {"paper": accuracy}}
+    monkeypatch.setattr(SAILTrainer, "_choose_judge", lambda self, i, current: (JudgeSpec("paper"), planted))
+    out = tmp_path / "out"
+    args = sail_run.sail_config(
+        str(out), num_rounds=1, prompts_per_round=3, judge_holdout_fraction=0.5, stop_on_unproven_judge=True,
+        eval_prompts=None, push_to_hub=False,
+    )  # fmt: skip
+    summaries = SAILTrainer(tiny_sd15_path, args, seed_pairs(16), prompt_dataset=sail_run.PROMPTS).train()
+    # 0.625 - 2 x 0.171 <= 0.5: no candidate is generated, round 1 is not written and round 0 stays the model.
+    assert bool(generated) == trains
+    assert (out / "round_1").exists() == trains
+    assert ("stopped" in summaries[-1]) != trains
+    assert os.readlink(out / "best") in ({"round_0", "round_1"} if trains else {"round_0"})
+
+
+def test_the_gate_is_on_by_default_and_needs_two_standard_errors_above_chance(tmp_path):
+    from trl_sail.sail_config import SAILConfig
+
+    assert SAILConfig(str(tmp_path)).stop_on_unproven_judge
+    # 0.8 - 2 x 0.15 = 0.5 is not above chance; 0.875 - 2 x 0.117 = 0.641 is; without an exam there is no gate.
+    assert judge_unproven({"heldout/judge_accuracy": 0.8, "heldout/judge_accuracy_se": 0.15})
+    assert not judge_unproven({"heldout/judge_accuracy": 0.875, "heldout/judge_accuracy_se": 0.117})
+    assert not judge_unproven({"judge": "paper"})
 
 
 def test_exam_grades_with_shared_fixed_draws(tiny_sd15_path, make_pair_dataset):

@@ -93,9 +93,20 @@ def test_report_table_equals_recomputation_from_saved_scores(sandbox_test_world,
     report = open(tmp_path / "report.md").read()
     arms = [row["arm"] for row in result["rows"]]
     assert set(arms) == {
-        "base", "dpo-6%", "sail-paper-r1", "sail-ours-r1", "sail-ours", "dpo-6%-matched", "dpo-100%",
-        "dpo-100%-matched",
+        "base", "dpo-6%", "sail-paper-r1", "sail-ours-r0", "sail-ours-r1", "sail-ours", "sail-ours-gated",
+        "dpo-6%-matched", "dpo-100%", "dpo-100%-matched",
     }  # fmt: skip
+    # The selected arms are copies of the rounds the trainer's rules (replayed from the round summaries) select.
+    selected = {str(seed): experiment.selected_rounds()[seed].split("/") for seed in (0, 1)}
+    for seed, rounds in selected.items():
+        best, gated = rounds[0], rounds[-1]
+        assert (
+            experiment.scores["sail-ours"]["scores"][seed] == experiment.scores[f"sail-ours-r{best}"]["scores"][seed]
+        )
+        assert (
+            experiment.scores["sail-ours-gated"]["scores"][seed]
+            == experiment.scores[f"sail-ours-r{gated}"]["scores"][seed]
+        )
     # Recompute from the per-sample records saved for each arm and seed (not from the report's own scores.json).
     recomputed = {}
     for row in result["rows"]:
@@ -125,7 +136,7 @@ def test_report_table_equals_recomputation_from_saved_scores(sandbox_test_world,
     # The held-out exam sits next to the human's agreement, per recipe and round.
     judge_lines = [line for line in report.splitlines() if line.startswith("| ours | 1 |")]
     assert judge_lines and "±" in judge_lines[0].split("|")[6]
-    assert "**Verdict.** SAIL (ours; selected rounds" in report and "vs dpo-6%-matched" in report
+    assert "**Verdict.** rounds selected per seed" in report and "vs dpo-6%-matched" in report
     assert os.path.isfile(tmp_path / "score_by_round.png") and os.path.isfile(
         tmp_path / "samples" / "sail-ours-r1.png"
     )
@@ -149,6 +160,7 @@ def monitored_sail(sandbox_test_world, tmp_path_factory):
             sampling_num_inference_steps=world.config.num_inference_steps,
             sampling_guidance_scale=world.config.guidance_scale, generation_batch_size=16, scoring_batch_size=256,
             judge_holdout_fraction=0.2, eval_prompts=list(world.eval_prompts), seed=settings.seed,
+            stop_on_unproven_judge=False,  # the monitor must see the rounds an unproven judge would have stopped
         )  # fmt: skip
         values.update(overrides)
         return SAILTrainer(
@@ -163,6 +175,7 @@ def monitored_sail(sandbox_test_world, tmp_path_factory):
     return healthy, collapsed
 
 
+@pytest.mark.slow  # about 5 minutes: 700 DPO steps and two rounds of generation on the test world
 def test_the_monitor_is_quiet_on_a_healthy_round_and_fires_on_a_planted_collapse(monitored_sail):
     healthy, collapsed = monitored_sail
     assert healthy[1]["warnings"] == [], healthy[1]["warnings"]

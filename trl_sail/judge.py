@@ -27,6 +27,13 @@ JUDGE_MODELS = ("paper", "anchor", "cumulative")
 _SPEC = re.compile(r"^(?P<models>[a-z]+)(?:@(?P<low>\d+)-(?P<high>\d+))?(?P<norm>\+norm)?$")
 
 
+def judge_unproven(info: dict) -> bool:
+    """Whether a round's exam (`heldout/judge_accuracy` ± `heldout/judge_accuracy_se` in its summary) failed to show
+    its judge above chance by two standard errors; `False` when the round had no exam."""
+    accuracy, se = info.get("heldout/judge_accuracy"), info.get("heldout/judge_accuracy_se")
+    return accuracy is not None and accuracy - 2 * se <= 0.5
+
+
 @dataclass(frozen=True)
 class JudgeSpec:
     """Which models judge (`models`), on which timesteps (`timestep_range`), and how draws are averaged."""

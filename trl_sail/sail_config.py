@@ -85,6 +85,11 @@ class SAILConfig(DiffusionDPOConfig):
             the held-out pairs against the base) the `main` revision on the Hub, `output_dir/best` and, at the end,
             the trainer's model; every round is still kept as `round_i` / `round-i`. Without held-out pairs the last
             round is used.
+        stop_on_unproven_judge (`bool`, *optional*, defaults to `True`):
+            Before each self round, stop the rounds unless the round's judge ranks the human's winner first on the
+            held-out pairs more often than chance by two standard errors (`accuracy - 2 SE > 0.5`): a judge the exam
+            cannot tell from a coin would train the round on noise. The best round so far is the final model. Without
+            held-out pairs (`judge_holdout_fraction=0`) or with an external judge there is no exam and no gate.
         early_stopping_patience (`int`, *optional*):
             Stop the rounds when the held-out criterion has not improved on its best for this many self rounds.
         min_pick_stability (`float`, *optional*, defaults to `0.75`):
@@ -140,6 +145,9 @@ class SAILConfig(DiffusionDPOConfig):
 
     select_best_round: bool = field(
         default=True, metadata={"help": "Publish the best round by the held-out criterion as main / best."}
+    )
+    stop_on_unproven_judge: bool = field(
+        default=True, metadata={"help": "Stop before a self round whose judge is not above chance on the exam."}
     )
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many self rounds without held-out improvement."}

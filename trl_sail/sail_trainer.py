@@ -41,7 +41,7 @@ from .data import SOURCE_SEED, SOURCE_SELF, PreferencePairs, drop_prompts
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .diffusion_dpo_trainer import DiffusionDPOTrainer
 from .generation import CandidateGenerator, SamplingSettings, read_records, records_to_dataset
-from .judge import HeldoutExam, JudgeSpec
+from .judge import HeldoutExam, JudgeSpec, judge_unproven
 from .mixup import MixedPreferenceDataset, MixupPreferenceCollator, build_mixup_dataloader, num_optimizer_steps_for
 from .models import (
     TextToImageModel,
@@ -457,6 +457,17 @@ class SAILTrainer:
             return finished[-1]["round"]
         return max(scored, key=self.round_criterion)["round"]  # max keeps the earliest on ties
 
+    def _unproven_judge(self, i: int, info: dict) -> str | None:
+        """With `stop_on_unproven_judge`, why round i must not train: its judge is not above chance on the exam."""
+        if not (self.args.stop_on_unproven_judge and judge_unproven(info)):
+            return None
+        accuracy, se = info["heldout/judge_accuracy"], info["heldout/judge_accuracy_se"]
+        return (
+            f"round {i}: the judge ({info['judge']}) ranks the human's winner first in {accuracy:.3f} ± {se:.3f} of "
+            f"the {info.get('num_heldout_pairs')} held-out pairs, not above chance by 2 standard errors "
+            f"(stop_on_unproven_judge): the rounds stop before generating; round {i - 1} is the last one written."
+        )
+
     def _should_stop_early(self) -> bool:
         patience = self.args.early_stopping_patience
         best = self.best_round()
@@ -510,6 +521,11 @@ class SAILTrainer:
             if self.external_judge is None:
                 spec, exam_report = self._choose_judge(i, reference)
                 info.update(judge=str(spec), **exam_report)
+                unproven = self._unproven_judge(i, info)
+                if unproven:
+                    logger.warning(unproven)
+                    self.summaries.append({**info, "stopped": unproven, "timings": timings})
+                    return False
                 judge = self._scorer(i, spec, reference, seed=args.seed + i)
             timings["judge_exam_s"] = round(time.time() - t, 2)
             t = time.time()
@@ -685,8 +701,8 @@ class SAILTrainer:
             "warnings": [],
         }
         warnings = stats["warnings"]
-        accuracy, se = info.get("heldout/judge_accuracy"), info.get("heldout/judge_accuracy_se")
-        if accuracy is not None and accuracy - 2 * se <= 0.5:
+        if judge_unproven(info):
+            accuracy, se = info["heldout/judge_accuracy"], info["heldout/judge_accuracy_se"]
             warnings.append(
                 f"round {i}: the judge ({info['judge']}) ranks the human's winner first in {accuracy:.3f} ± {se:.3f} of "
                 f"the held-out pairs: not better than chance, its picks are not evidence. Consider judge='auto' or "

@@ -10,8 +10,10 @@ once per training seed (`seeds`, at least 3 for a reported number):
 - `dpo-6%-matched`, `dpo-100%-matched`: the same data for as many optimizer steps as SAIL's rounds together; the
   6% control separates self-amplification from extra steps on the seed pairs (75% of every self batch);
 - `sail-paper-r1..`: the paper's recipe (judge `paper`, no held-out exam, every round kept);
-- `sail-ours-r1..` and `sail-ours`: the library's recipe (held-out exam, `judge="auto"`, best-round selection;
-  `sail-ours` is the selected round's model);
+- `sail-ours-r0..` and `sail-ours`: the library's recipe (held-out exam, `judge="auto"`, best-round selection;
+  `sail-ours` is the selected round's model), every round trained;
+- `sail-ours-gated`: the library's defaults, which also stop before a self round whose judge is not above chance on
+  the exam (`stop_on_unproven_judge`), replayed from the same run's exam numbers;
 - `sail-ours-rpo` (with `rpo_alpha`): the same with the SFT term on chosen images (a loss-side remedy).
 With `extras` (on the first seed): the ablations of the paper's recipe (no mixup, random pairs, `anchor` and
 `cumulative` judges), online DPO (the simulated human judges every self pair) and a fourth round.
@@ -25,6 +27,7 @@ standard error across training seeds.
 import json
 import math
 import os
+import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -38,7 +41,7 @@ class ExperimentSettings:
     """Frozen settings of the sandbox experiment (docs/sandbox.md records them with the results). The world (base
     model, simulated human, splits, sampling) is set by the sandbox world's own configuration."""
 
-    world: str = "prompt-taste"
+    world: str = "few-seeds"
     seeds: tuple[int, ...] = (0, 1, 2)
     num_rounds: int = 3
     prompts_per_round: int = 96
@@ -52,9 +55,9 @@ class ExperimentSettings:
     learning_rate: float = 5e-5
     beta: float = 5000.0
     judge_holdout_fraction: float = 0.2
-    judge_candidates: tuple[str, ...] = ("paper", "anchor", "cumulative")
+    judge_candidates: tuple[str, ...] = ("paper", "anchor", "cumulative", "anchor@500-1000")
     rpo_alpha: float | None = None
-    workers: int = 1
+    workers: int = 3
     recipes: tuple[str, ...] = field(default=("paper", "ours"))
 
     @property
@@ -172,6 +175,9 @@ def recipe_overrides(recipe: str, settings: ExperimentSettings) -> dict:
         judge_candidates=list(settings.judge_candidates),
         judge_holdout_fraction=settings.judge_holdout_fraction,
         select_best_round=True,
+        # Every round is trained and measured; the gate (the library's default) is replayed from the exam's
+        # numbers as the `sail-ours-gated` arm, so one run gives both.
+        stop_on_unproven_judge=False,
     )
     if recipe == "ours":
         return ours
@@ -200,6 +206,25 @@ def _sail_config(output_dir: str, settings: ExperimentSettings, world, seed: int
     )
     values.update(overrides)
     return SAILConfig(output_dir, **values)
+
+
+def replay_selection(directory: str, gate: bool) -> int:
+    """The round a finished SAIL run's rules select, replayed from its `sail_round.json` files: the best round by the
+    held-out criterion (the earliest on a tie), among all rounds, or with `gate` (`stop_on_unproven_judge`) among
+    those before the first self round whose judge was not above chance on the exam. The rounds before that point are
+    exactly those a gated run trains (same seeds), so the replay is what the gated run would have returned."""
+    from ..judge import judge_unproven
+
+    rounds = sorted(int(name.split("_")[1]) for name in os.listdir(directory) if re.fullmatch(r"round_\d+", name))
+    best, best_criterion = rounds[0], None
+    for i in rounds:
+        summary = json.load(open(os.path.join(directory, f"round_{i}", "sail_round.json")))
+        if gate and i > 0 and judge_unproven(summary):
+            break
+        criterion = summary.get("heldout/policy_accuracy")
+        if criterion is not None and (best_criterion is None or criterion > best_criterion):
+            best, best_criterion = i, criterion
+    return best
 
 
 class Experiment:
@@ -255,6 +280,19 @@ class Experiment:
         entry["scores"][key] = evaluation.scores.tolist()
         if seed is None or seed == self.settings.seeds[0]:
             self._save_grid(arm, evaluation.images)
+        self._save_scores()
+
+    def copy_scores(self, source_arm: str, arm: str, method: str, seed: int) -> None:
+        """Record `arm` with the scores of `source_arm` (the same model under another name)."""
+        source = self.scores[source_arm]
+        entry = self.scores.setdefault(arm, {"method": method, "labeled_pairs": source["labeled_pairs"], "scores": {}})
+        entry["scores"][str(seed)] = source["scores"][str(seed)]
+        scores_dir = os.path.join(self.seed_dir(seed), "scores")
+        for suffix in (".json", ".csv"):  # the per-sample files too, so every arm of the table can be recomputed
+            shutil.copyfile(os.path.join(scores_dir, source_arm + suffix), os.path.join(scores_dir, arm + suffix))
+        self._save_scores()
+
+    def _save_scores(self) -> None:
         tmp = self.scores_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.scores, f)
@@ -318,8 +356,19 @@ class Experiment:
                     f"sail-{recipe}-r{i}", f"SAIL ({recipe} recipe)", seed_pairs, f"{directory}/round_{i}", seed
                 )
             if recipe != "paper":
-                best = os.path.realpath(os.path.join(directory, "best"))
-                self.record(f"sail-{recipe}", f"SAIL ({recipe} recipe), selected round", seed_pairs, best, seed)
+                # The recipe's own round 0 (the exam's pairs held out), then the rounds the trainer's rules select:
+                # copies of that round's scores (the same weights give the same scores).
+                self.record(f"sail-{recipe}-r0", f"SAIL ({recipe} recipe)", seed_pairs, f"{directory}/round_0", seed)
+                selected = replay_selection(directory, gate=False)
+                assert os.readlink(os.path.join(directory, "best")) == f"round_{selected}"
+                self.copy_scores(f"sail-{recipe}-r{selected}", f"sail-{recipe}", "SAIL, selected round", seed)
+                gated = replay_selection(directory, gate=True)
+                self.copy_scores(
+                    f"sail-{recipe}-r{gated}",
+                    f"sail-{recipe}-gated",
+                    "SAIL, selected round, unproven judge stops",
+                    seed,
+                )
         matched = self._dpo("dpo_seed_matched", data.seed, s.sail_steps, seed)
         self.record("dpo-6%-matched", f"Diffusion-DPO, {s.sail_steps} steps", seed_pairs, matched, seed)
         full = self._dpo("dpo_full", data.full, s.full_steps, seed)
@@ -439,29 +488,37 @@ class Experiment:
         return rows
 
     def selected_rounds(self) -> dict:
-        """Per training seed, the round the `ours` recipe selected."""
+        """Per training seed, the rounds the `ours` recipe selected: `"k"`, or `"k/g"` when the gate would stop
+        earlier and select round g."""
         selected = {}
         for seed in self.settings.seeds:
-            link = os.path.join(self.seed_dir(seed), "sail_ours", "best")
-            if os.path.islink(link):
-                selected[seed] = int(os.readlink(link).split("_")[-1])
+            directory = os.path.join(self.seed_dir(seed), "sail_ours")
+            if os.path.isdir(os.path.join(directory, "round_0")):
+                best, gated = replay_selection(directory, gate=False), replay_selection(directory, gate=True)
+                selected[seed] = f"{best}" if best == gated else f"{best}/{gated}"
         return selected
 
     def verdict(self, rows: list[dict]) -> str:
-        """One line: the selected SAIL model against Diffusion-DPO on 6% and on 100% of the labels, compute matched."""
+        """One line: the selected SAIL models against Diffusion-DPO on 6% and on 100% of the labels, compute matched."""
         by_arm = {r["arm"]: r for r in rows}
-        if "sail-ours" not in by_arm:
-            return ""
-        parts = [
-            f"SAIL (ours; selected rounds {self.selected_rounds()}): {by_arm['sail-ours']['human_score']:.3f} ± "
-            f"{by_arm['sail-ours']['human_score_se']:.3f}"
-        ]
-        for other in ("dpo-6%-matched", "dpo-100%-matched", "dpo-100%"):
-            difference = paired_difference(rows, "sail-ours", other)
-            if difference is not None and other in by_arm:
-                mean, se = difference
-                parts.append(f"vs {other} {by_arm[other]['human_score']:.3f}: {mean:+.3f} ± {se:.3f}")
-        return "; ".join(parts)
+        lines = []
+        arms = (
+            ("sail-ours-gated", "library defaults: selected round, unproven judge stops"),
+            ("sail-ours", "gate off"),
+        )
+        for arm, label in arms:
+            if arm not in by_arm:
+                continue
+            parts = [f"SAIL ({label}): {by_arm[arm]['human_score']:.3f} ± {by_arm[arm]['human_score_se']:.3f}"]
+            for other in ("dpo-6%-matched", "dpo-100%-matched", "dpo-100%"):
+                difference = paired_difference(rows, arm, other)
+                if difference is not None and other in by_arm:
+                    mean, se = difference
+                    parts.append(f"vs {other} {by_arm[other]['human_score']:.3f}: {mean:+.3f} ± {se:.3f}")
+            lines.append("; ".join(parts))
+        if lines:
+            lines[0] = f"rounds selected per seed {self.selected_rounds()}. " + lines[0]
+        return " | ".join(lines)
 
     def report(self) -> dict:
         rows = compute_table(self.scores)

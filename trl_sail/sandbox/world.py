@@ -208,6 +208,16 @@ WORLDS = {
         temperature=1.0,
     ),
     "few-seeds": SandboxWorldConfig(name="few-seeds", base_world="default", num_seed_pairs=32, temperature=1.0),
+    # The second world of the label-efficiency study: as few labels, a different taste (set per background colour).
+    "few-seeds-bg": SandboxWorldConfig(
+        name="few-seeds-bg",
+        base_world="default",
+        num_seed_pairs=32,
+        temperature=1.0,
+        taste="prompt",
+        taste_key=("background",),
+        alignment_weight=0.3,
+    ),
     "taste-first": SandboxWorldConfig(name="taste-first", base_world="default", taste="prompt", alignment_weight=0.3),
     "noisy-t1": SandboxWorldConfig(name="noisy-t1", base_world="default", temperature=1.0),
     "prompt-taste-b": SandboxWorldConfig(

@@ -42,7 +42,7 @@ class SAILScriptArguments:
         sandbox_seeds (`list[int]`, *optional*, defaults to `[0, 1, 2]`):
             Sandbox only: training seeds; every arm is trained once per seed and reported with the standard error
             across seeds.
-        sandbox_workers (`int`, *optional*, defaults to `2`):
+        sandbox_workers (`int`, *optional*, defaults to `3`):
             Sandbox only: training seeds run in this many parallel processes (one torch thread each).
         sandbox_extras (`bool`, *optional*, defaults to `False`):
             Sandbox only: also run the ablations (no mixup, random pairs, each judge) and the online-DPO baseline on the
@@ -60,7 +60,7 @@ class SAILScriptArguments:
         default=None, metadata={"help": "Sandbox: the world (default: the experiment's)."}
     )
     sandbox_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Sandbox: training seeds."})
-    sandbox_workers: int = field(default=2, metadata={"help": "Sandbox: seeds run in this many processes."})
+    sandbox_workers: int = field(default=3, metadata={"help": "Sandbox: seeds run in this many processes."})
     sandbox_extras: bool = field(default=False, metadata={"help": "Sandbox: also run ablations and baselines."})
 
 
