@@ -383,7 +383,6 @@ def test_each_round_judges_and_references_the_right_models(pipeline_path, tmp_pa
         history = json.load(open(out / "work" / f"round_{i}" / "dpo" / "final" / "log_history.json"))
         first_loss = next(h["loss"] for h in history if "loss" in h)
         assert first_loss == pytest.approx(math.log(2), abs=1e-4), f"round {i}"
-        assert history[0]["sail/round"] == i  # the round's signals open the phase's log (and its trackers)
 
 
 def test_the_judge_scores_the_latents_the_next_dpo_phase_trains_on(pipeline_path, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from accelerate import PartialState
 from datasets import Dataset
 from diffusers.training_utils import free_memory
-from transformers import TrainerCallback, set_seed
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .artifacts import (
@@ -56,6 +56,8 @@ from .models import (
 )
 from .sail_config import SAILConfig
 from .scorer import ImplicitDiffusionRewardScorer
+from .tracking import RunTrackers
+from .validation import image_grid, sample_images
 
 
 logger = logging.getLogger(__name__)
@@ -106,15 +108,6 @@ def build_seed_split(dataset: Dataset, seed_size: int, seed: int = 0) -> tuple[D
         seen.add(caption)
         pool.append(caption)
     return dataset.select(chosen), pool
-
-
-class _LogAtTrainBegin(TrainerCallback):
-    def __init__(self, trainer, logs: dict):
-        self.trainer, self.logs = trainer, logs
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if self.logs:
-            self.trainer.log(dict(self.logs))
 
 
 class SAILRoundTrainer(DiffusionDPOTrainer):
@@ -261,6 +254,8 @@ class SAILTrainer:
             self.eval_scorers = build_scorers(
                 args.eval_scorers, scorer_kwargs=args.eval_scorer_kwargs, device=str(self.state.device)
             )
+        # One tracker run for the whole SAIL run (`report_to`): every DPO phase logs into it on one step axis.
+        self.trackers = RunTrackers(args)
 
     # ------------------------------------------------------------------ prompts
     def _plan_prompts(self, prompt_dataset, seed_dataset) -> list[list[tuple[int, str]]]:
@@ -349,6 +344,18 @@ class SAILTrainer:
         args = self.args
         os.makedirs(args.output_dir, exist_ok=True)
         start = time.time()
+        self.trackers.begin()
+        try:
+            self._train_rounds()
+        finally:
+            # Close the tracker run even on a crash, so what was logged is flushed (a rerun resumes in a new run).
+            self.trackers.end()
+        if self.state.is_main_process:
+            self._write_summary_table(time.time() - start)
+        return self.summaries
+
+    def _train_rounds(self) -> None:
+        args = self.args
         # Round 0: the anchor.
         if args.start_from_aligned:
             logger.info("SAIL*: the given model is the anchor; round 0 is skipped.")
@@ -378,9 +385,6 @@ class SAILTrainer:
             # The trainer's model is the selected round, as `main` and `output_dir/best` are.
             self._load_round_weights(best)
             logger.info(f"Round {best} is the best by the held-out criterion: it is the trainer's final model.")
-        if self.state.is_main_process:
-            self._write_summary_table(time.time() - start)
-        return self.summaries
 
     # ------------------------------------------------------------------ held-out exam, best round, stopping
     def _exam(self) -> "HeldoutExam | None":
@@ -525,6 +529,7 @@ class SAILTrainer:
                 if unproven:
                     logger.warning(unproven)
                     self.summaries.append({**info, "stopped": unproven, "timings": timings})
+                    self._log_round(i, self.summaries[-1])
                     return False
                 judge = self._scorer(i, spec, reference, seed=args.seed + i)
             timings["judge_exam_s"] = round(time.time() - t, 2)
@@ -539,14 +544,14 @@ class SAILTrainer:
                 )
                 logger.warning(reason)
                 self.summaries.append({**info, "stopped": reason, "timings": timings})
+                self._log_round(i, self.summaries[-1])
                 return False
             self_pairs = PreferencePairs(self_pairs_dataset, SOURCE_SELF, name=f"round {i} self pairs")
             train_dataset = MixedPreferenceDataset(self.seed_pairs, self_pairs)
             max_steps = self._self_round_steps(len(self_pairs))
             info.update(num_seed_pairs=len(self.seed_pairs) if self.seed_pairs else 0, num_self_pairs=len(self_pairs))
         t = time.time()
-        signals = {f"sail/{key}": info[key] for key in ROUND_SIGNALS if isinstance(info.get(key), (int, float))}
-        metrics = self._train_dpo(i, train_dataset, reference, max_steps, {"sail/round": i, **signals})
+        metrics = self._train_dpo(i, train_dataset, reference, max_steps)
         timings["dpo_s"] = round(time.time() - t, 2)
         del reference  # a full fine-tune's frozen copy of the round's start: not needed by the next round
         t = time.time()
@@ -559,6 +564,7 @@ class SAILTrainer:
             info["eval"] = self.evaluate_round()
             timings["evaluation_s"] = round(time.time() - t, 2)
         self._write_round(i, info)
+        self._log_round(i, info)
         return True
 
     def _self_round_steps(self, num_self: int) -> int:
@@ -586,7 +592,8 @@ class SAILTrainer:
             max_steps=max_steps,
             seed=self.args.seed + i,
             push_to_hub=False,
-            run_name=f"{self.args.run_name or 'sail'}-round-{i}",
+            # The phase logs to the SAIL run's trackers (`RunTrackers`), not to trackers of its own.
+            report_to=[],
             logging_dir=None,
             # A DPO phase validates its own data once; images come from the seed set (validated) or from us.
             validate_images=False,
@@ -594,7 +601,7 @@ class SAILTrainer:
         values.pop("logging_dir", None)
         return DiffusionDPOConfig(**values)
 
-    def _train_dpo(self, i: int, train_dataset, reference: UNetView, max_steps: int, round_logs: dict) -> dict:
+    def _train_dpo(self, i: int, train_dataset, reference: UNetView, max_steps: int) -> dict:
         phase_args = self._phase_args(i, max_steps)
         final_dir = os.path.join(phase_args.output_dir, "final")
         trainer_class = DiffusionDPOTrainer if i == 0 else SAILRoundTrainer
@@ -613,9 +620,8 @@ class SAILTrainer:
             callbacks=self.callbacks,
             **kwargs,
         )
-        # The round's signals measured before its DPO phase (held-out judge accuracy, pick stability, ...) go to the
-        # phase's trackers (`report_to`) at its first step.
-        trainer.add_callback(_LogAtTrainBegin(trainer, round_logs))
+        if self.trackers:
+            trainer.add_callback(self.trackers.forward_from_phase(self._steps_before()))
         resume = get_last_checkpoint(phase_args.output_dir) if os.path.isdir(phase_args.output_dir) else None
         trainer.train(resume_from_checkpoint=resume)
         # accelerate wrapped the UNet's forward in the phase's autocast (and a cast of its outputs to float32) and
@@ -639,6 +645,50 @@ class SAILTrainer:
                 write_json(os.path.join(tmp, "log_history.json"), history)
         self.state.wait_for_everyone()
         return metrics
+
+    # ------------------------------------------------------------------ trackers
+    def _steps_before(self) -> int:
+        """The run's global step where the next DPO phase starts: the optimizer steps of the rounds in `summaries`
+        (read back from `round_i/sail_round.json` for finished rounds, so a resumed run continues the step axis)."""
+        return sum((summary.get("metrics") or {}).get("optimizer_steps", 0) for summary in self.summaries)
+
+    def _log_round(self, i: int, info: dict) -> None:
+        """Round i's summary to the run's trackers at the global step where the round ends: its numbers as `sail/*`
+        (eval-scorer means as `eval_*`, which the integrations write as `eval/*`, their name in `sail_round.json`),
+        its warnings as text and their count, and a grid of the model's samples on fixed prompts and seeds."""
+        if not self.trackers:
+            return
+        step = self._steps_before() + (info.get("metrics") or {}).get("optimizer_steps", 0)
+        logs = {f"sail/{key}": value for key, value in info.items() if isinstance(value, (int, float))}
+        for group in ("judge_exam", "timings"):
+            logs.update({f"sail/{group}/{key}": value for key, value in (info.get(group) or {}).items()})
+        logs.update({f"eval_{name.removeprefix('eval/')}": value for name, value in (info.get("eval") or {}).items()})
+        warnings = info.get("warnings") or []
+        logs["sail/num_warnings"] = len(warnings)
+        if warnings:
+            logs["sail/warnings"] = "\n\n".join(warnings)
+        if "stopped" in info:
+            logs["sail/stopped"] = info["stopped"]
+        self.trackers.log(logs, step)
+        args = self.args
+        prompts = args.validation_prompts or args.eval_prompts
+        if "stopped" in info or not prompts:
+            return
+        seeds = [args.validation_seed + k for k in range(args.num_validation_images)]
+        with self.policy.active() as unet:
+            images = sample_images(
+                self.pipeline,
+                unet,
+                prompts,
+                seeds,
+                args.validation_num_inference_steps,
+                args.validation_guidance_scale,
+                args.resolution,
+                self.state.device,
+                self.autocast_dtype,
+            )
+        grid = image_grid(images, rows=len(prompts), cols=len(seeds))
+        self.trackers.log_image("sail/samples", grid, step, caption=" | ".join(prompts))
 
     # ------------------------------------------------------------------ generation and judging
     def _generate(self, i: int, judge) -> tuple[Dataset, int]:

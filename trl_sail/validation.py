@@ -3,12 +3,12 @@ the end, saved under `output_dir/validation/` and logged to the trackers of `rep
 
 import os
 
-import numpy as np
 import torch
 from PIL import Image
 from transformers import TrainerCallback
 
 from .models import UNetView, compute_autocast
+from .tracking import log_image_to_trackers
 
 
 def image_grid(images: list[Image.Image], rows: int, cols: int) -> Image.Image:
@@ -92,12 +92,4 @@ class ValidationImagesCallback(TrainerCallback):
 
     def _log_to_trackers(self, grid: Image.Image, step: int) -> None:
         caption = " | ".join(self.trainer.args.validation_prompts)
-        for callback in self.trainer.callback_handler.callbacks:
-            name = type(callback).__name__
-            if name == "TensorBoardCallback" and getattr(callback, "tb_writer", None) is not None:
-                callback.tb_writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
-                callback.tb_writer.flush()
-            elif name == "WandbCallback" and getattr(callback, "_wandb", None) is not None and callback._initialized:
-                callback._wandb.log({"validation": callback._wandb.Image(grid, caption=caption)}, step=step)
-            elif name == "TrackioCallback" and getattr(callback, "_trackio", None) is not None:
-                callback._trackio.log({"validation": callback._trackio.Image(grid, caption=caption)}, step=step)
+        log_image_to_trackers(self.trainer.callback_handler.callbacks, "validation", grid, step, caption)
