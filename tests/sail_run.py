@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """A small SAIL run, launched by tests in a subprocess so it can be killed (SIGKILL) at a chosen moment.
 
 Usage: python sail_run.py PIPELINE_DIR OUTPUT_DIR HUB_ROOT {full,lora} {none,generation,dpo,writing} NUM_ROUNDS WORK_LOG
@@ -98,9 +112,15 @@ def lora_config(dropout: float = 0.0):
 
 def main(pipeline_dir, output_dir, hub_root, mode, kill_at, num_rounds, work_log, precision="fp32"):
 
+    from hub_double import LocalHubApi
+
+    import trl_sail.artifacts as artifacts
     import trl_sail.generation as generation
+    import trl_sail.round_store as round_store
     import trl_sail.sail_trainer as sail_trainer
-    from trl_sail.hub import LocalHubApi
+
+    hub = LocalHubApi(hub_root)
+    artifacts.HfApi = lambda *args, **kwargs: hub  # the product's one Hub client, file-backed
 
     if kill_at == "generation":
         # Kill in round 1 after its first prompt group was written (the second group is being sampled).
@@ -116,14 +136,14 @@ def main(pipeline_dir, output_dir, hub_root, mode, kill_at, num_rounds, work_log
         generation.CandidateGenerator.sample_latents = sample_then_maybe_kill
     if kill_at == "writing":
         # Kill while round 1's artifacts are being written (model saved, model card not yet).
-        original_card = sail_trainer.write_model_card
+        original_card = round_store.write_model_card
 
         def card_then_maybe_kill(directory, *args, **kwargs):
             if "round_1" in directory:
                 kill()
             return original_card(directory, *args, **kwargs)
 
-        sail_trainer.write_model_card = card_then_maybe_kill
+        round_store.write_model_card = card_then_maybe_kill
 
     # Log the work this process does, to check that a rerun does not redo finished work.
     def log(event):
@@ -155,7 +175,7 @@ def main(pipeline_dir, output_dir, hub_root, mode, kill_at, num_rounds, work_log
         if adapter_name == sail_trainer.ANCHOR_ADAPTER and not self.is_lora:
             from safetensors.torch import load_file
 
-            saved = load_file(os.path.join(self.round_dir(0), "unet", "diffusion_pytorch_model.safetensors"))
+            saved = load_file(os.path.join(self.rounds.round_dir(0), "unet", "diffusion_pytorch_model.safetensors"))
             anchor = view.unet.state_dict()
             diff = max((anchor[k].float() - saved[k].to(anchor[k].dtype).float()).abs().max().item() for k in saved)
             log(f"anchor_diff {diff}")
@@ -175,7 +195,6 @@ def main(pipeline_dir, output_dir, hub_root, mode, kill_at, num_rounds, work_log
         seed_dataset(),
         prompt_dataset=PROMPTS,
         peft_config=peft_config,
-        hub_api=LocalHubApi(hub_root),
         callbacks=[KillAfterSave()] if kill_at == "dpo" else None,
     )
     trainer.train()

@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The Diffusion-DPO script and the `trl-sail` CLI: YAML defaults, command-line overrides, written artifacts."""
 
 import json
@@ -69,24 +83,21 @@ def test_cli_dpo_with_lora_flags(config_file, tmp_path):
     assert any("eval_loss" in h for h in trainer.state.log_history)  # the 'test' split was used
 
 
-def test_script_without_model_or_dataset_trains_the_offline_demo(tmp_path):
-    from trl_sail import DiffusionDPOConfig
-
-    args = DiffusionDPOConfig(
-        str(tmp_path / "demo"), max_steps=2, per_device_train_batch_size=4, report_to=[], disable_tqdm=True,
-        save_strategy="no", logging_steps=1,
-    )  # fmt: skip
-    trainer = main(ScriptArguments(), args, DiffusionModelConfig())
-    assert trainer.state.global_step == 2 and len(trainer.train_pairs) == 32
-    assert (tmp_path / "demo" / "model_index.json").is_file()
-    with pytest.raises(ValueError, match="--dataset_name is missing"):
-        main(ScriptArguments(), args, DiffusionModelConfig(model_name_or_path="some/model"))
+def test_script_without_model_or_dataset_stops_naming_the_missing_argument(tmp_path):
+    """As TRL's scripts: no silent demo; the error names the flag (and points at `trl-sail sandbox`)."""
+    with pytest.raises(ValueError, match="--model_name_or_path and --dataset_name are required"):
+        cli.run(["dpo", "--output_dir", str(tmp_path / "out"), "--report_to", "none"])
+    with pytest.raises(ValueError, match=r"^--dataset_name is required"):
+        main(ScriptArguments(), None, DiffusionModelConfig(model_name_or_path="some/model"))
+    with pytest.raises(ValueError, match=r"^--model_name_or_path is required.*trl-sail sandbox"):
+        main(ScriptArguments(dataset_name="some/dataset"), None, DiffusionModelConfig())
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_lists_installed_commands_and_skips_missing_ones(monkeypatch, capsys):
     monkeypatch.setattr(cli, "COMMANDS", cli.COMMANDS + (("later", "trl_sail.scripts.not_written_yet"),))
     parser, commands = cli.build_parser()
-    assert "dpo" in commands and "later" not in commands
+    assert {"dpo", "sail", "sandbox"} <= set(commands) and "later" not in commands
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--help"])
     assert exit_info.value.code == 0 and "dpo" in capsys.readouterr().out

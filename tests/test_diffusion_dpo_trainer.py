@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """DiffusionDPOTrainer on tiny SD1.5-type and SDXL-type pipelines built from configs and loaded through from_pretrained.
 
 What is checked against independent computations (the UNets, the VAE and the scheduler called directly here, never
@@ -533,16 +547,19 @@ class FileHubApi:
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_model_card_and_push_to_hub_upload_what_save_model_wrote(tiny_sd15_path, make_pair_dataset, tmp_path, lora):
+def test_model_card_and_push_to_hub_upload_what_save_model_wrote(
+    tiny_sd15_path, make_pair_dataset, tmp_path, monkeypatch, lora
+):
     output_dir = tmp_path / "out"
     hub = FileHubApi(tmp_path / "hub")
+    monkeypatch.setattr("trl_sail.artifacts.HfApi", lambda *args, **kwargs: hub)  # where the product builds its client
     args = make_args(
         output_dir, max_steps=2, beta=3000.0, save_strategy="steps", save_steps=1, push_to_hub=True,
         hub_model_id="someone/tiny-dpo",
     )  # fmt: skip
     trainer = DiffusionDPOTrainer(
         tiny_sd15_path, args=args, train_dataset=make_pair_dataset(6, schema="pickapic", num_ties=1),
-        peft_config=lora_config(init_lora_weights="gaussian") if lora else None, hub_api=hub,
+        peft_config=lora_config(init_lora_weights="gaussian") if lora else None,
     )  # fmt: skip
     trainer.train()
     trainer.push_to_hub(revision="v1")

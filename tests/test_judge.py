@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The judge's exam on held-out human pairs, `judge="auto"`, best-round selection and early stopping."""
 
 import io
@@ -19,6 +33,7 @@ from trl_sail.sail_trainer import EXAM_SEED, SAILTrainer
 
 sys.path.insert(0, os.path.dirname(__file__))
 import sail_run  # noqa: E402
+from hub_double import use_local_hub  # noqa: E402
 
 
 def png(colour, rng) -> bytes:
@@ -190,18 +205,16 @@ def test_the_best_round_by_the_held_out_criterion_is_published_as_main(
 ):
     from safetensors.torch import load_file
 
-    from trl_sail.hub import LocalHubApi
-
     rounds = iter(planted)
     monkeypatch.setattr(
         SAILTrainer,
         "_policy_exam",
         lambda self: {"heldout/policy_accuracy": next(rounds), "heldout/policy_accuracy_se": 0.01},
     )
-    hub = LocalHubApi(str(tmp_path / "hub"))
+    hub = use_local_hub(monkeypatch, str(tmp_path / "hub"))
     out = tmp_path / "out"
     args = sail_run.sail_config(str(out), num_rounds=2, prompts_per_round=2)
-    trainer = SAILTrainer(tiny_sd15_path, args, sail_run.seed_dataset(), prompt_dataset=sail_run.PROMPTS, hub_api=hub)
+    trainer = SAILTrainer(tiny_sd15_path, args, sail_run.seed_dataset(), prompt_dataset=sail_run.PROMPTS)
     trainer.train()
     weights = ["unet", "diffusion_pytorch_model.safetensors"]
     best_files = load_file(os.path.join(out, f"round_{expected_best}", *weights))

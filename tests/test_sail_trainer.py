@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 import copy
 import json
 import math
@@ -16,13 +30,13 @@ from peft import LoraConfig
 from safetensors.torch import load_file
 
 from trl_sail.generation import CandidateGenerator, SamplingSettings, read_records
-from trl_sail.hub import LocalHubApi
 from trl_sail.sail_config import SAILConfig
 from trl_sail.sail_trainer import SAILTrainer, build_seed_split
 
 
 sys.path.insert(0, os.path.dirname(__file__))
 import sail_run  # noqa: E402
+from hub_double import LocalHubApi, use_local_hub  # noqa: E402
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -178,9 +192,9 @@ def test_a_fully_collapsed_round_writes_no_pair_and_stops_the_rounds(pipeline_pa
 
 
 # ---------------------------------------------------------------------------------------------------- whole runs
-def _run_in_process(pipeline_path, tmp_path, mode):
+def _run_in_process(pipeline_path, tmp_path, mode, monkeypatch):
     args = sail_run.sail_config(str(tmp_path / "out"), num_rounds=2, learning_rate=1e-3 if mode == "lora" else 1e-4)
-    hub = LocalHubApi(str(tmp_path / "hub"))
+    hub = use_local_hub(monkeypatch, str(tmp_path / "hub"))
     peft_config = (
         LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]) if mode == "lora" else None
     )
@@ -190,7 +204,6 @@ def _run_in_process(pipeline_path, tmp_path, mode):
         sail_run.seed_dataset(),
         prompt_dataset=sail_run.PROMPTS,
         peft_config=peft_config,
-        hub_api=hub,
     )
     # Snapshot the model's output at the moment each round is written.
     outputs = {}
@@ -207,8 +220,8 @@ def _run_in_process(pipeline_path, tmp_path, mode):
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
-def test_two_self_rounds_write_rounds_preferences_and_hub_revisions(pipeline_path, tmp_path, mode):
-    trainer, hub, outputs, base_output, summaries = _run_in_process(pipeline_path, tmp_path, mode)
+def test_two_self_rounds_write_rounds_preferences_and_hub_revisions(pipeline_path, tmp_path, mode, monkeypatch):
+    trainer, hub, outputs, base_output, summaries = _run_in_process(pipeline_path, tmp_path, mode, monkeypatch)
     out = tmp_path / "out"
     assert [s["round"] for s in summaries] == [0, 1, 2]
     assert [s["num_self_pairs"] for s in summaries] == [0, 3, 3]
@@ -573,7 +586,7 @@ def test_eval_scorers_without_eval_prompts_are_refused(tmp_path):
         SAILConfig(str(tmp_path), eval_scorers=["pickscore"])
 
 
-def test_external_judge_drives_the_loop_and_self_pairs_are_pushed_as_a_dataset(pipeline_path, tmp_path):
+def test_external_judge_drives_the_loop_and_self_pairs_are_pushed_as_a_dataset(pipeline_path, tmp_path, monkeypatch):
     """A callable judge (the online-DPO baseline) replaces the implicit one; preferences go to a dataset repo."""
     judge = PlantedJudge()
     args = sail_run.sail_config(
@@ -584,10 +597,8 @@ def test_external_judge_drives_the_loop_and_self_pairs_are_pushed_as_a_dataset(p
         self_round_max_steps=1,
         push_preferences_to_hub=True,
     )
-    hub = LocalHubApi(str(tmp_path / "hub"))
-    trainer = SAILTrainer(
-        pipeline_path, args, sail_run.seed_dataset(), prompt_dataset=sail_run.PROMPTS, judge=judge, hub_api=hub
-    )
+    hub = use_local_hub(monkeypatch, str(tmp_path / "hub"))
+    trainer = SAILTrainer(pipeline_path, args, sail_run.seed_dataset(), prompt_dataset=sail_run.PROMPTS, judge=judge)
     summaries = trainer.train()
     assert summaries[1]["judge"] == "external" and len(judge.calls) == 3
     planted = dict(judge.calls)

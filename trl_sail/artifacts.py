@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """What a run leaves behind: diffusers pipelines or LoRA weights, model cards, checkpoints, and Hub pushes.
 
 Every artifact loads in plain diffusers, with no code of ours:
@@ -8,9 +22,16 @@ Every artifact loads in plain diffusers, with no code of ours:
 import json
 import os
 import shutil
+from contextlib import contextmanager
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from .models import model_for_pipeline
 
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -23,9 +44,6 @@ def is_peft_unet(unet: torch.nn.Module) -> bool:
 
 def lora_state_dict(unet: torch.nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
     """The adapter's weights with diffusers' key names (what `load_lora_weights` expects)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
     state_dict = get_peft_model_state_dict(unet, adapter_name=adapter_name)
     return {k: v.detach().cpu().contiguous() for k, v in convert_state_dict_to_diffusers(state_dict).items()}
 
@@ -35,6 +53,7 @@ def save_model_artifact(
 ) -> None:
     """Write a full pipeline (full fine-tune) or diffusers LoRA weights (PEFT UNet) to `output_dir`."""
     os.makedirs(output_dir, exist_ok=True)
+    model = model_for_pipeline(pipeline)
     if is_peft_unet(unet):
         # The adapter's config (rank, alpha, targets) goes into the file's metadata: without it `load_lora_weights`
         # assumes alpha == rank and silently rescales any LoRA trained with lora_alpha != r.
@@ -42,24 +61,15 @@ def save_model_artifact(
         # Dropout is a training setting, and `load_lora_weights` builds the adapter's dropout layers in train mode
         # inside an eval-mode UNet: a saved `lora_dropout > 0` would make every later inference stochastic.
         metadata["lora_dropout"] = 0.0
-        type(pipeline).save_lora_weights(
-            output_dir, unet_lora_layers=lora_state_dict(unet, adapter_name), unet_lora_adapter_metadata=metadata
-        )
+        model.save_lora_weights(output_dir, lora_state_dict(unet, adapter_name), metadata)
         return
-    original_unet = pipeline.unet
-    pipeline.unet = unet
-    try:
-        pipeline.save_pretrained(output_dir)
-    finally:
-        pipeline.unet = original_unet
+    model.save_pretrained(unet, output_dir)
 
 
 def save_unet_checkpoint(unet: torch.nn.Module, checkpoint_dir: str, adapter_name: str = "default") -> None:
     """The trainable weights only (Trainer checkpoints: optimizer and RNG states are saved beside them)."""
     os.makedirs(checkpoint_dir, exist_ok=True)
     if is_peft_unet(unet):
-        from safetensors.torch import save_file
-
         save_file(lora_state_dict(unet, adapter_name), os.path.join(checkpoint_dir, LORA_WEIGHTS_NAME))
     else:
         unet.save_pretrained(os.path.join(checkpoint_dir, UNET_CHECKPOINT_DIR))
@@ -67,8 +77,6 @@ def save_unet_checkpoint(unet: torch.nn.Module, checkpoint_dir: str, adapter_nam
 
 def load_unet_checkpoint(unet: torch.nn.Module, checkpoint_dir: str, adapter_name: str = "default") -> None:
     """Load weights written by `save_unet_checkpoint` into `unet`, in place."""
-    from safetensors.torch import load_file
-
     if is_peft_unet(unet):
         path = os.path.join(checkpoint_dir, LORA_WEIGHTS_NAME)
         if not os.path.isfile(path):
@@ -87,8 +95,9 @@ def load_unet_checkpoint(unet: torch.nn.Module, checkpoint_dir: str, adapter_nam
 
 def load_lora_into_unet(unet: torch.nn.Module, diffusers_state_dict: dict, adapter_name: str = "default") -> None:
     """Copy diffusers-format LoRA weights into an existing adapter of `unet` (strict: every key must match)."""
-    from peft.utils import set_peft_model_state_dict
-
+    # Not diffusers' `load_lora_adapter`: measured (diffusers 0.42) it refuses an adapter name already in use, and
+    # here the weights must go into the adapter the optimizer already holds (resume, reloading a round); with its
+    # default prefix it also loads nothing from our files, with only a warning.
     peft_state_dict = {}
     for key, value in diffusers_state_dict.items():
         key = key.removeprefix("unet.").replace("lora.down.", "lora_A.").replace("lora.up.", "lora_B.")
@@ -140,16 +149,11 @@ def write_model_card(
     )
     metrics_section = f"\n## Results\n\n| metric | value |\n|---|---|\n{metric_rows}\n" if metrics else ""
     kind = "LoRA weights" if is_lora else "a fully fine-tuned pipeline"
-    card = f"""---
-base_model: {base_model}
-library_name: diffusers
-license: openrail++
-pipeline_tag: text-to-image
-tags:
-{chr(10).join(f"- {t}" for t in tags)}
----
-
-# {method} — {os.path.basename(os.path.normpath(where))}
+    # The metadata header through huggingface_hub (the Hub's schema and YAML quoting); the body is ours.
+    card_data = ModelCardData(
+        base_model=base_model, library_name="diffusers", license="openrail++", pipeline_tag="text-to-image", tags=tags
+    )
+    body = f"""# {method} — {os.path.basename(os.path.normpath(where))}
 
 This repository holds {kind} for `{base_model}`, aligned with **{method}** using
 [trl_sail](https://github.com/trl-sail/trl_sail). {description}
@@ -173,14 +177,19 @@ Diffusion-DPO on its best/worst pairs mixed with the human seeds.
 """
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "README.md")
-    with open(path, "w") as f:
-        f.write(card)
+    ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}").save(path)
     return path
 
 
 # ----- Hub -----
+# The one place the Hub client is built: tests replace `trl_sail.artifacts.HfApi` with a file-backed double.
+def create_hub_repo(repo_id: str, token=None, private: bool | None = None, repo_type: str = "model") -> str:
+    """Create `repo_id` if missing; returns its full id (`user/name` when `repo_id` was a bare name)."""
+    url = HfApi().create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type=repo_type)
+    return getattr(url, "repo_id", repo_id)
+
+
 def push_folder(
-    api,
     folder: str,
     repo_id: str,
     revision: str | None = None,
@@ -189,11 +198,9 @@ def push_folder(
     private: bool | None = None,
     repo_type: str = "model",
 ) -> None:
-    """Upload `folder` to `repo_id` (at branch `revision`, created from main if missing).
-
-    `api` is a `huggingface_hub.HfApi` or any object with the same `create_repo`, `create_branch` and
-    `upload_folder` methods (tests use a file-backed stand-in).
-    """
+    """Upload `folder` to `repo_id` at branch `revision` (created from main if missing), without checkpoints,
+    validation images or tracker logs. The one Hub push of `DiffusionDPOTrainer.push_to_hub` and SAIL's rounds."""
+    api = HfApi()
     api.create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type=repo_type)
     if revision not in (None, "main"):
         api.create_branch(repo_id, branch=revision, token=token, exist_ok=True, repo_type=repo_type)
@@ -208,20 +215,15 @@ def push_folder(
     )
 
 
+@contextmanager
 def atomic_directory(final_dir: str):
-    """Context manager: write into `final_dir + ".tmp"`, rename to `final_dir` only when the block succeeds."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def _writer():
-        tmp = final_dir.rstrip("/") + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        yield tmp
-        shutil.rmtree(final_dir, ignore_errors=True)
-        os.replace(tmp, final_dir)
-
-    return _writer()
+    """Write into `final_dir + ".tmp"`, rename to `final_dir` only when the block succeeds."""
+    tmp = final_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    yield tmp
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.replace(tmp, final_dir)
 
 
 def write_json(path: str, data) -> None:

@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Encode a dataset's images and prompts once, before training (`cache_latents`, `cache_prompt_embeddings`).
 
 Latents are stored in a memory-mapped `.npy` file in a temporary directory (removed when the cache is garbage
@@ -25,15 +39,15 @@ CACHE_BATCH_SIZE = 16
 
 @torch.no_grad()
 def build_prompt_cache(t2i: TextToImageModel, pairs: PreferencePairs, existing: dict | None = None) -> dict:
-    """{prompt: (hidden states, pooled or None)} for every distinct prompt of `pairs` (kept on CPU)."""
+    """{prompt: its embeddings (the tuple `t2i.encode_prompts` gives, one row)} for every distinct prompt (on CPU)."""
     existing = existing or {}
     prompts = sorted({pairs.row(i)["prompt"] or "" for i in range(len(pairs))} - set(existing))
     cache = {}
     for start in tqdm(range(0, len(prompts), CACHE_BATCH_SIZE), desc="Caching prompt embeddings", leave=False):
         chunk = prompts[start : start + CACHE_BATCH_SIZE]
-        hidden, pooled = t2i.encode_prompts(chunk)
+        embeds = t2i.encode_prompts(chunk)
         for j, prompt in enumerate(chunk):
-            cache[prompt] = (hidden[j].cpu(), None if pooled is None else pooled[j].cpu())
+            cache[prompt] = tuple(None if part is None else part[j].cpu() for part in embeds)
     return cache
 
 

@@ -1,4 +1,18 @@
-"""The `trl-sail` console script: `trl-sail dpo|sail|evaluate [--config file.yaml] [flags]`.
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The `trl-sail` console script: `trl-sail dpo|sail|evaluate|sandbox [--config file.yaml] [flags]`.
 
 TRL's own `trl` command has a fixed list of sub-commands, so this extension ships its own. Each sub-command is a
 script module exposing `make_parser(subparsers)` and `main(*parsed)`; a YAML file given with `--config` provides
@@ -10,12 +24,15 @@ import argparse
 import importlib
 import sys
 
+from trl import TrlParser
+
 
 # (sub-command, module). Modules that are not installed (yet) are left out of the command list.
 COMMANDS = (
     ("dpo", "trl_sail.scripts.diffusion_dpo"),
     ("sail", "trl_sail.scripts.sail"),
     ("evaluate", "trl_sail.evaluation.script"),
+    ("sandbox", "trl_sail.scripts.sandbox"),
 )
 
 
@@ -33,8 +50,6 @@ def _import(module_name: str):
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     """The top-level parser and {command: (module or import error, its sub-parser or None)}."""
-    from trl import TrlParser
-
     parser = argparse.ArgumentParser(prog="trl-sail", description="Diffusion-DPO and SAIL for text-to-image models.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=TrlParser)
     commands = {}

@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Preference data: the two accepted schemas, image decoding, and identical augmentation of winner and loser.
 
 Accepted schemas (documented in docs/diffusion_dpo.md, "Expected dataset format"):
@@ -18,7 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
+from datasets import Image as ImageFeature
+from datasets.fingerprint import generate_random_fingerprint
 from PIL import Image
 
 
@@ -31,8 +47,15 @@ SOURCE_SEED, SOURCE_SELF = 0, 1
 SOURCE_NAMES = {SOURCE_SEED: "seed", SOURCE_SELF: "self"}
 
 
-def detect_schema(dataset: Dataset) -> str:
-    columns = set(dataset.column_names)
+def _column_names(dataset) -> list[str]:
+    if dataset.column_names is not None:
+        return dataset.column_names
+    # A streamed dataset whose features are unknown until read (e.g. JSON files): its first row names them.
+    return list(next(iter(dataset.take(1))).keys())
+
+
+def detect_schema(dataset: Dataset | IterableDataset) -> str:
+    columns = set(_column_names(dataset))
     if set(TRL_COLUMNS) <= columns:
         return "trl"
     if set(PICKAPIC_COLUMNS) <= columns:
@@ -57,8 +80,8 @@ def drop_prompts(dataset: Dataset, prompts) -> tuple[Dataset, int]:
 
 def _raw_image_columns(dataset: Dataset, columns: tuple[str, ...]) -> Dataset:
     """Stop `datasets.Image` columns from decoding on access: rows then hold bytes/paths, decoded when needed."""
-    from datasets import Image as ImageFeature
-
+    if dataset.features is None:  # a streamed dataset of unknown features: rows hold what the files hold
+        return dataset
     for column in columns:
         if isinstance(dataset.features.get(column), ImageFeature) and dataset.features[column].decode:
             dataset = dataset.cast_column(column, ImageFeature(decode=False))
@@ -197,6 +220,150 @@ class PreferencePairs(torch.utils.data.Dataset):
                     ) from error
 
 
+def _image_columns(schema: str) -> tuple[str, str]:
+    return ("chosen", "rejected") if schema == "trl" else ("jpg_0", "jpg_1")
+
+
+def _label(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+class StreamingPreferencePairs(torch.utils.data.IterableDataset):
+    """A streamed preference dataset read as the (prompt, chosen, rejected) pairs [`PreferencePairs`] gives.
+
+    Wraps a `datasets.IterableDataset` (e.g. `load_dataset("yuvalkirstain/pickapic_v2", split="train",
+    streaming=True)`): rows are read, and Pick-a-Pic ties (and unlabeled rows) dropped and counted, as training
+    consumes them; nothing is downloaded ahead. It has no length, so the trainer needs `max_steps`. The counts
+    (`num_pairs`, `num_ties`, `num_unlabeled`) are those of the rows read so far in this process (of one full pass
+    once the stream has been read to its end); with `dataloader_num_workers > 0` each worker logs its own.
+
+    Args:
+        dataset (`datasets.IterableDataset`): rows in the Pick-a-Pic or TRL-like schema.
+        source (`int`): the source id every row carries.
+        name (`str`): the dataset's name in messages.
+    """
+
+    def __init__(self, dataset: IterableDataset, source: int = SOURCE_SEED, name: str = "train_dataset"):
+        self.schema = detect_schema(dataset)
+        self.name = name
+        self.source = source
+        self.latent_cache = None  # latent caching needs a dataset read in full: refused for streams
+        columns = PICKAPIC_COLUMNS if self.schema == "pickapic" else TRL_COLUMNS
+        if dataset.column_names is not None:
+            dataset = dataset.select_columns(list(columns))  # Pick-a-Pic v2 rows carry many more columns
+        self.dataset = _raw_image_columns(dataset, _image_columns(self.schema))
+        self.num_pairs = self.num_ties = self.num_unlabeled = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        # Reseeds a shuffled stream's buffer each epoch (`IterableDataset.shuffle`).
+        self.dataset.set_epoch(epoch)
+
+    def _pair(self, row: dict) -> tuple | None:
+        """(prompt, chosen, rejected), or None for a tie / unlabeled row."""
+        if self.schema == "trl":
+            return row["prompt"], row["chosen"], row["rejected"]
+        label_0, label_1 = _label(row["label_0"]), _label(row["label_1"])
+        if label_0 == label_1 or math.isnan(label_0) or math.isnan(label_1):
+            return None
+        first, second = (row["jpg_0"], row["jpg_1"]) if label_0 > label_1 else (row["jpg_1"], row["jpg_0"])
+        return row["caption"], first, second
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        pairs = ties = unlabeled = 0
+        for row_number, row in enumerate(self.dataset):
+            pair = self._pair(row)
+            if pair is None:
+                labeled = not (math.isnan(_label(row["label_0"])) or math.isnan(_label(row["label_1"])))
+                ties, unlabeled = ties + labeled, unlabeled + (not labeled)
+                if ties + unlabeled == 1 and self.num_ties + self.num_unlabeled == 0:
+                    logger.warning(
+                        f"{self.name} (streamed): dropping tied and unlabeled pairs as they are read; the counts are "
+                        "logged at the end of the stream."
+                    )
+                self.num_ties, self.num_unlabeled = max(self.num_ties, ties), max(self.num_unlabeled, unlabeled)
+                continue
+            prompt, chosen, rejected = pair
+            where = f"of {self.name} row {row_number}"
+            # `index` keys the pair's crop/flip draw (see `DiffusionDPODataCollator`): distinct across workers.
+            yield {
+                "prompt": prompt or "",
+                "chosen": load_image(chosen, f"'chosen' {where}"),
+                "rejected": load_image(rejected, f"'rejected' {where}"),
+                "source": self.source,
+                "index": pairs * num_workers + worker_id,
+            }
+            pairs += 1
+            self.num_pairs = max(self.num_pairs, pairs)
+        if pairs == 0:
+            raise ValueError(
+                f"{self.name} has no preference pairs ({ties} ties and {unlabeled} unlabeled rows dropped). Ties "
+                "carry no preference: provide rows with label_0 != label_1, or chosen/rejected columns."
+            )
+        if ties or unlabeled:
+            logger.warning(
+                f"{self.name} (streamed): read to its end, {pairs} pairs kept, dropped {ties} tied pairs"
+                + (f" and {unlabeled} unlabeled rows" if unlabeled else "")
+                + f" of {pairs + ties + unlabeled} rows."
+            )
+
+
+def streamed_pairs(dataset: IterableDataset, name: str, args) -> StreamingPreferencePairs:
+    """`dataset` as [`StreamingPreferencePairs`], after the checks a stream needs, made before any model is loaded."""
+    if name == "train_dataset" and args.max_steps <= 0:
+        raise ValueError(
+            f"{name} is a streamed `datasets.IterableDataset`, which has no length, so the number of training steps "
+            "cannot be derived from epochs: set `max_steps` (e.g. --max_steps 2000)."
+        )
+    if args.cache_latents or args.cache_prompt_embeddings:
+        raise ValueError(
+            f"cache_latents/cache_prompt_embeddings encode the whole {name} before training, which a streamed dataset "
+            "does not allow: turn caching off, or load the dataset without `streaming=True`."
+        )
+    # accelerate's default for iterable data (`dispatch_batches`: the main process reads, then splits each batch
+    # across processes) cannot split a batch's prompt strings: every process reads the stream and keeps its share.
+    if args.accelerator_config.dispatch_batches:
+        raise ValueError(
+            f"{name} is streamed and accelerator_config.dispatch_batches=True: batches of prompt strings cannot be "
+            "dispatched across processes. Leave dispatch_batches unset (or False)."
+        )
+    args.accelerator_config.dispatch_batches = False
+    return StreamingPreferencePairs(dataset, name=name)
+
+
+def count_pairs(pairs) -> int | str:
+    """The number of pairs (for model cards): `len`, or the pairs read so far from a stream."""
+    if isinstance(pairs, StreamingPreferencePairs):
+        return f"{pairs.num_pairs} (streamed)"
+    return len(pairs)
+
+
+def materialize_stream(dataset, name: str):
+    """A streamed `datasets.IterableDataset` read once into a disk-backed `Dataset`; any other dataset as it is.
+
+    SAIL revisits its seed pairs every round and holds a fixed, seeded slice out for the judge's exam, which a
+    one-pass stream cannot give; seed sets are small (the paper's is 50K pairs), so they are written to the
+    `datasets` cache (`Dataset.from_generator`), images kept encoded.
+    """
+    if not isinstance(dataset, IterableDataset):
+        return dataset
+    logger.warning(
+        f"{name} is streamed: reading it once into a disk-backed `Dataset` (the `datasets` cache), since SAIL revisits "
+        "the seed pairs every round and holds a fixed slice out for the judge's exam."
+    )
+    dataset = _raw_image_columns(dataset, _image_columns(detect_schema(dataset)))
+    # A fresh fingerprint: a stream's hash need not change when the data behind it does (a rewritten local file),
+    # and a cache hit would then train on stale pairs.
+    return Dataset.from_generator(
+        _rows_of, gen_kwargs={"dataset": dataset}, features=dataset.features, fingerprint=generate_random_fingerprint()
+    )
+
+
+def _rows_of(dataset):
+    yield from dataset
+
+
 @dataclass
 class PairTransform:
     """Resize, crop and flip a winner and a loser identically; report SDXL's original size and crop offset.
@@ -280,9 +447,10 @@ class DiffusionDPODataCollator:
         return random.Random(int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0]))
 
     def __call__(self, examples: list[dict]) -> dict:
+        # A tensor first: accelerate reads a streamed batch's size from its first value.
         batch: dict = {
-            "prompt": [e["prompt"] for e in examples],
             "source": torch.tensor([e.get("source", SOURCE_SEED) for e in examples]),
+            "prompt": [e["prompt"] for e in examples],
         }
         if "chosen_latents" in examples[0]:
             for key in examples[0]:

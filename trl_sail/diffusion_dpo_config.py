@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +111,10 @@ class DiffusionDPOConfig(TrainingArguments):
         default=False, metadata={"help": "Every trainable UNet parameter is used in each step."}
     )
 
+    # JSON strings given for these (e.g. `--model_init_kwargs '{"torch_dtype": "bfloat16"}'`) become dicts in
+    # `TrainingArguments.__post_init__`, as in TRL's configs.
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
+
     # Model
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
@@ -147,10 +165,6 @@ class DiffusionDPOConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.model_init_kwargs, str):
-            import json
-
-            self.model_init_kwargs = json.loads(self.model_init_kwargs)
         if not self.beta > 0:
             raise ValueError(
                 f"beta must be > 0, got {self.beta}. It scales the implicit reward; the usual value is 5000."

@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Diffusion-DPO (Wallace et al., 2023) as a `transformers.Trainer` over a diffusers UNet.
 
 Read top to bottom: loading (pipeline, LoRA, reference), data (schemas, caching), the loss (`compute_loss`), metrics
@@ -12,12 +26,13 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from diffusers.configuration_utils import FrozenDict
 from transformers import Trainer, TrainerCallback, set_seed
 from trl.trainer.utils import disable_dropout_in_model
 
 from .artifacts import (
+    create_hub_repo,
     is_peft_unet,
     load_unet_checkpoint,
     push_folder,
@@ -25,7 +40,8 @@ from .artifacts import (
     save_unet_checkpoint,
     write_model_card,
 )
-from .data import SOURCE_NAMES, DiffusionDPODataCollator, PairTransform, PreferencePairs
+from .caching import build_latent_cache, build_prompt_cache
+from .data import SOURCE_NAMES, DiffusionDPODataCollator, PairTransform, PreferencePairs, count_pairs, streamed_pairs
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .models import (
     TextToImageModel,
@@ -33,13 +49,13 @@ from .models import (
     UNetView,
     check_precision,
     compute_autocast,
-    frozen_copy,
+    freeze,
     load_pipeline,
     mixed_precision_dtype,
     resolve_dtype,
     set_trained_unet_precision,
 )
-from .rewards import denoising_errors, diffusion_dpo_loss
+from .rewards import diffusion_dpo_loss
 from .seeding import TRAINING_STEP, derived_generator
 from .validation import ValidationImagesCallback
 
@@ -88,14 +104,13 @@ class DiffusionDPOTrainer(Trainer):
         args ([`DiffusionDPOConfig`], *optional*):
             Configuration. Defaults to `DiffusionDPOConfig(f"{model_name}-DiffusionDPO")`.
         data_collator (*optional*): Defaults to [`DiffusionDPODataCollator`].
-        train_dataset ([`~datasets.Dataset`] or `PreferencePairs`):
-            Preference pairs, Pick-a-Pic schema or TRL-like schema (see docs/diffusion_dpo.md).
+        train_dataset ([`~datasets.Dataset`], [`~datasets.IterableDataset`] or `PreferencePairs`):
+            Preference pairs, Pick-a-Pic schema or TRL-like schema (see docs/diffusion_dpo.md). A streamed dataset
+            (`streaming=True`) is read as training goes, ties dropped on the fly; it needs `max_steps`.
         eval_dataset (*optional*): Same schema, for `eval_` metrics.
         callbacks, optimizers: As in [`~transformers.Trainer`].
         peft_config (`peft.LoraConfig`, *optional*):
             Train LoRA adapters on the UNet (e.g. `target_modules=["to_q", "to_k", "to_v", "to_out.0"]`).
-        hub_api (*optional*):
-            The Hub client used by `push_to_hub` (`huggingface_hub.HfApi()` by default).
     """
 
     _method_name = "Diffusion-DPO"
@@ -113,7 +128,6 @@ class DiffusionDPOTrainer(Trainer):
         callbacks: list[TrainerCallback] | None = None,
         optimizers=(None, None),
         peft_config=None,
-        hub_api=None,
     ):
         if args is None:
             name = model if isinstance(model, str) else "model"
@@ -133,9 +147,9 @@ class DiffusionDPOTrainer(Trainer):
         self.pipeline = pipeline
         self.base_model_id = model if isinstance(model, str) else (pipeline.name_or_path or "unknown")
         self.t2i = TextToImageModel(pipeline)
-        self.resolution = args.resolution or pipeline.unet.config.sample_size * self.t2i.vae_scale_factor
+        self.resolution = args.resolution or self.t2i.default_resolution
         self.t2i.check_resolution(self.resolution)
-        unet = pipeline.unet
+        unet = self.t2i.denoiser
         # The precision rule (see `trl_sail.models`): frozen parts and frozen UNet copies in `torch_dtype` (default:
         # the dtype the checkpoint was loaded in), the trained UNet in float32, every forward under one autocast.
         self.frozen_dtype = resolve_dtype(init_kwargs.get("torch_dtype", init_kwargs.get("dtype"))) or unet.dtype
@@ -184,7 +198,6 @@ class DiffusionDPOTrainer(Trainer):
         self._saving_checkpoint = False
         self._eval_generator = None
         self._generator_step, self._micro_batch = -1, 0
-        self.hub_api = hub_api
         super().__init__(
             model=unet,
             args=args,
@@ -208,7 +221,10 @@ class DiffusionDPOTrainer(Trainer):
     @staticmethod
     def _as_pairs(dataset, name: str, args: DiffusionDPOConfig) -> PreferencePairs:
         # A `datasets.Dataset` is read through `PreferencePairs`; anything else (`PreferencePairs`, SAIL's mix of
-        # seed and self pairs) is already a dataset of decoded pairs.
+        # seed and self pairs) is already a dataset of decoded pairs. A streamed `datasets.IterableDataset` is read
+        # as training consumes it (ties dropped on the fly): it needs `max_steps` and no caching, checked here.
+        if isinstance(dataset, IterableDataset):
+            return streamed_pairs(dataset, name, args)
         pairs = PreferencePairs(dataset, name=name) if isinstance(dataset, Dataset) else dataset
         if args.validate_images and hasattr(pairs, "validate_images"):
             pairs.validate_images()
@@ -222,7 +238,7 @@ class DiffusionDPOTrainer(Trainer):
             ref_unet = load_pipeline(ref_model).unet if not isinstance(ref_model, torch.nn.Module) else ref_model
             if is_peft_unet(unet) and args.reference_adapter_name is None:
                 logger.warning("A separate ref_model was given with PEFT: two UNets will be held in memory.")
-            return UNetView(ref_unet.requires_grad_(False).eval().to(frozen_dtype))
+            return freeze(ref_unet, frozen_dtype, copy_weights=False)
         if is_peft_unet(unet):
             name = args.reference_adapter_name
             if name is not None and name not in unet.peft_config:
@@ -232,7 +248,7 @@ class DiffusionDPOTrainer(Trainer):
                 )
             return UNetView(unet, name or "disabled")
         # Full fine-tune: the reference is a frozen copy of the starting UNet (the one case with two UNets).
-        return frozen_copy(unet, frozen_dtype)
+        return freeze(unet, frozen_dtype)
 
     # ------------------------------------------------------------------ caching
     def _prepare_caches(self):
@@ -240,7 +256,6 @@ class DiffusionDPOTrainer(Trainer):
         self._latent_caches, self._prompt_cache = {}, {}
         if not (self.args.cache_latents or self.args.cache_prompt_embeddings):
             return
-        from .caching import build_latent_cache, build_prompt_cache
 
         transform = getattr(self.data_collator, "transform", None) or PairTransform(self.resolution)
         for pairs in (self.train_pairs, self.eval_pairs):
@@ -274,20 +289,19 @@ class DiffusionDPOTrainer(Trainer):
             drop = torch.rand(batch, generator=generator) < self.args.proportion_empty_prompts
         else:
             drop = torch.zeros(batch, dtype=torch.bool)
+        # Prompt embeddings: a tuple whose parts (and which of them are None) the model family decides.
         if self._prompt_cache and all(p in self._prompt_cache for p in prompts):
-            hidden = torch.stack([self._prompt_cache[p][0] for p in prompts]).to(device)
-            pooled = None
-            if self.t2i.is_sdxl:
-                pooled = torch.stack([self._prompt_cache[p][1] for p in prompts]).to(device)
+            cached = list(zip(*(self._prompt_cache[p] for p in prompts)))
+            embeds = [None if part[0] is None else torch.stack(part).to(device) for part in cached]
         else:
-            hidden, pooled = self.t2i.encode_prompts(prompts)
+            embeds = self.t2i.encode_prompts(prompts)
         if drop.any():
-            hidden = torch.where(drop.to(device)[:, None, None], self.empty_prompt_embeds[0], hidden)
-            if pooled is not None:
-                pooled = torch.where(drop.to(device)[:, None], self.empty_prompt_embeds[1], pooled)
+            embeds = [
+                e if e is None else torch.where(drop.to(device).view(-1, *[1] * (e.ndim - 1)), empty, e)
+                for e, empty in zip(embeds, self.empty_prompt_embeds)
+            ]
         conditioning = self.t2i.conditioning(
-            hidden,
-            pooled,
+            *embeds,
             original_sizes=inputs.get("original_size"),
             crops_top_left=inputs.get("crop_top_left"),
             target_size=(self.resolution, self.resolution),
@@ -321,14 +335,13 @@ class DiffusionDPOTrainer(Trainer):
             torch.cat([timesteps, timesteps]),
             conditioning.repeat(2),
         )
-        scheduler = self.t2i.noise_scheduler
-        policy = denoising_errors(unet, scheduler, latents, noise, timesteps, conditioning)
+        policy = self.t2i.denoising_errors(unet, latents, noise, timesteps, conditioning)
         # accelerate puts autocast on the trained model's forward only: a separate frozen reference UNet must get the
         # same mixed precision explicitly, or it runs in float32 (slower, and not the policy's numerics). The view
         # runs it in eval mode (no dropout).
         autocast = compute_autocast(self.accelerator.device, self.autocast_dtype)
         with torch.no_grad(), autocast, self.reference.active() as reference_unet:
-            reference = denoising_errors(reference_unet, scheduler, latents, noise, timesteps, conditioning)
+            reference = self.t2i.denoising_errors(reference_unet, latents, noise, timesteps, conditioning)
         return policy.chunk(2), reference.chunk(2)
 
     def _training_generator(self) -> torch.Generator:
@@ -483,7 +496,7 @@ class DiffusionDPOTrainer(Trainer):
             "LoRA": is_peft_unet(self.policy.unet),
             "reference": self._reference_description(),
             "proportion_empty_prompts": args.proportion_empty_prompts,
-            "training pairs": len(self.train_pairs),
+            "training pairs": count_pairs(self.train_pairs),
             "ties dropped": getattr(self.train_pairs, "num_ties", 0),
         }
 
@@ -523,21 +536,13 @@ class DiffusionDPOTrainer(Trainer):
             revision=revision,
         )
 
-    def _get_hub_api(self):
-        if self.hub_api is None:
-            from huggingface_hub import HfApi
-
-            self.hub_api = HfApi()
-        return self.hub_api
-
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         if not self.is_world_process_zero():
             return
         repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
         token = token if token is not None else self.args.hub_token
         private = private if private is not None else self.args.hub_private_repo
-        url = self._get_hub_api().create_repo(repo_id, token=token, private=private, exist_ok=True)
-        self.hub_model_id = getattr(url, "repo_id", repo_id)
+        self.hub_model_id = create_hub_repo(repo_id, token=token, private=private)
         self.push_in_progress = None
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
@@ -563,7 +568,6 @@ class DiffusionDPOTrainer(Trainer):
         # The card's loading snippet should name the repository and branch it is pushed to.
         self.create_model_card(repo_id=self.hub_model_id, revision=None if revision == "main" else revision)
         push_folder(
-            self._get_hub_api(),
             self.args.output_dir,
             self.hub_model_id,
             revision=revision,

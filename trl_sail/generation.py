@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """One SAIL round's self-labelled data: generate N candidates per prompt, rank them with the judge, keep a pair.
 
 Work streams to disk prompt group by prompt group: each finished group appends one JSON line per prompt to this
@@ -11,6 +25,7 @@ A prompt whose candidates all tie (identical rewards or identical images: what c
 skipped and gives no pair.
 """
 
+import hashlib
 import json
 import os
 import random
@@ -18,11 +33,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from datasets import Dataset, Features, Value
+from datasets import Image as ImageFeature
 from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import PairTransform
-from .models import TextToImageModel, UNetView, compute_autocast
+from .models import denoiser_in_pipeline, model_for_pipeline
 from .rewards import preference_probability
 from .scorer import ImplicitDiffusionRewardScorer
 from .seeding import CANDIDATE, PAIR_SELECTION, derived_generator, derived_seed
@@ -117,8 +134,10 @@ class CandidateGenerator:
         self.num_processes = num_processes
         self.confidence_seed_offset = confidence_seed_offset
         self.autocast_dtype = autocast_dtype
-        self.model = scorer.model if isinstance(scorer, ImplicitDiffusionRewardScorer) else TextToImageModel(pipeline)
-        resolution = settings.resolution or pipeline.unet.config.sample_size * self.model.vae_scale_factor
+        self.model = (
+            scorer.model if isinstance(scorer, ImplicitDiffusionRewardScorer) else model_for_pipeline(pipeline)
+        )
+        resolution = settings.resolution or self.model.default_resolution
         # What a DPO batch does to a stored image before encoding it (the judge must see the same latents).
         self.transform = PairTransform(resolution)
 
@@ -128,23 +147,19 @@ class CandidateGenerator:
         n = self.settings.num_candidates
         generators = [g for pid in prompt_ids for g in candidate_generators(self.seed, pid, n)]
         resolution = self.settings.resolution
-        original_unet = self.pipeline.unet
-        device = next(self.generator_unet.parameters()).device
-        try:
-            with UNetView(self.generator_unet).active(), compute_autocast(device, self.autocast_dtype):
-                self.pipeline.unet = self.generator_unet
-                latents = self.pipeline(
-                    list(prompts),
-                    num_images_per_prompt=n,
-                    num_inference_steps=self.settings.num_inference_steps,
-                    guidance_scale=self.settings.guidance_scale,
-                    height=resolution,
-                    width=resolution,
-                    generator=generators,
-                    output_type="latent",
-                ).images
-        finally:
-            self.pipeline.unet = original_unet
+        # `self.pipeline` samples (the scorer's model may wrap another pipeline of the same family).
+        denoiser = self.model.denoiser_name
+        with denoiser_in_pipeline(self.pipeline, self.generator_unet, self.autocast_dtype, attribute=denoiser):
+            latents = self.pipeline(
+                list(prompts),
+                num_images_per_prompt=n,
+                num_inference_steps=self.settings.num_inference_steps,
+                guidance_scale=self.settings.guidance_scale,
+                height=resolution,
+                width=resolution,
+                generator=generators,
+                output_type="latent",
+            ).images
         return latents.float().cpu().view(len(prompts), n, *latents.shape[1:])
 
     @torch.no_grad()
@@ -257,29 +272,36 @@ def _read_bytes(directory: str, name: str) -> bytes:
         return f.read()
 
 
+def _pair_rows(directory: str, records: list[dict]):
+    for record in records:
+        yield {
+            "prompt": record["prompt"],
+            "chosen": {"bytes": _read_bytes(directory, record["chosen_image"]), "path": None},
+            "rejected": {"bytes": _read_bytes(directory, record["rejected_image"]), "path": None},
+            **{key: record[key] for key in ("chosen_reward", "rejected_reward", "p", "prompt_id")},
+            "stable_under_fresh_draws": record["stable_under_fresh_draws"],
+            "diversity": record["diversity"],
+        }
+
+
 def records_to_dataset(directory: str, prompt_ids: list[int]):
     """The round's self pairs as a `datasets.Dataset` (TRL-like schema + rewards and p), in prompt-id order.
 
-    Rows are written to one Arrow file under `directory/dataset/` a small batch at a time, with the images embedded as
-    PNG bytes (not paths, so the dataset does not depend on the work directory), and memory-mapped back: memory does
-    not grow with the number of prompts. Every process of a multi-process round calls this at the same time: the
-    first one (under a file lock) writes the file, the others, and later calls on the same records, open it. The
-    file's name holds a hash of the records, so a rerun whose records changed writes a new one.
+    The finished prompts are the shards' records (`read_records`, written a prompt group at a time by
+    `CandidateGenerator.run`: a crash loses no finished prompt); this turns them into one Arrow dataset under
+    `directory/dataset/` with `Dataset.from_generator`, a row at a time, with the images embedded as PNG bytes (not
+    paths, so the dataset does not depend on the work directory), memory-mapped back: memory does not grow with the
+    number of prompts. Every process of a multi-process round calls this at the same time: the datasets builder's file
+    lock lets the first one write, and the others (and later calls on the same records) open its files. The
+    fingerprint is a hash of the records, so a rerun whose records changed writes a new one.
     """
-    import hashlib
-
-    from datasets import Dataset, Features, Value
-    from datasets import Image as ImageFeature
-    from datasets.arrow_writer import ArrowWriter
-    from filelock import FileLock
 
     finished = read_records(directory, include_skipped=True)
     missing = [pid for pid in prompt_ids if pid not in finished]
     if missing:
         raise RuntimeError(f"{len(missing)} prompts of this round have no generated pair yet (e.g. {missing[:5]}).")
     # Prompts whose candidates tied carry no pair.
-    records = {pid: record for pid, record in finished.items() if not record.get("skipped")}
-    prompt_ids = [pid for pid in prompt_ids if pid in records]
+    records = [finished[pid] for pid in prompt_ids if not finished[pid].get("skipped")]
     features = Features(
         {
             "prompt": Value("string"),
@@ -293,34 +315,16 @@ def records_to_dataset(directory: str, prompt_ids: list[int]):
             "diversity": Value("float64"),
         }
     )
-
-    def rows():
-        for pid in prompt_ids:
-            record = records[pid]
-            yield {
-                "prompt": record["prompt"],
-                "chosen": {"bytes": _read_bytes(directory, record["chosen_image"]), "path": None},
-                "rejected": {"bytes": _read_bytes(directory, record["rejected_image"]), "path": None},
-                **{key: record[key] for key in ("chosen_reward", "rejected_reward", "p", "prompt_id")},
-                "stable_under_fresh_draws": record["stable_under_fresh_draws"],
-                "diversity": record["diversity"],
-            }
-
-    key = hashlib.sha1(json.dumps([records[pid] for pid in prompt_ids], sort_keys=True).encode()).hexdigest()[:16]
-    dataset_dir = os.path.join(directory, "dataset")
-    os.makedirs(dataset_dir, exist_ok=True)
-    path = os.path.join(dataset_dir, f"pairs-{key}.arrow")
-    # One writer at a time and one copy on disk, however many processes ask (a copy per process would multiply a
-    # 20K-prompt round's ~15 GB of embedded images by the number of GPUs).
-    with FileLock(os.path.join(directory, "dataset.lock")):
-        if not os.path.isfile(path):
-            # Files of earlier records, or a write cut short (a process may still map one: unlinking is safe).
-            for name in os.listdir(dataset_dir):
-                os.remove(os.path.join(dataset_dir, name))
-            partial = path + ".partial"
-            with ArrowWriter(features=features, path=partial, writer_batch_size=64) as writer:
-                for row in rows():
-                    writer.write(features.encode_example(row))
-                writer.finalize()
-            os.replace(partial, path)
-    return Dataset.from_file(path)
+    if not records:  # every prompt tied (collapse): `from_generator` refuses a split with no rows
+        return Dataset.from_dict({name: [] for name in features}, features=features)
+    key = hashlib.sha1(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
+    # One copy on disk however many processes ask (a copy per process would multiply a 20K-prompt round's ~15 GB of
+    # embedded images by the number of GPUs); an interrupted write is never opened (the builder renames on success).
+    return Dataset.from_generator(
+        _pair_rows,
+        features=features,
+        cache_dir=os.path.join(directory, "dataset"),
+        gen_kwargs={"directory": directory, "records": records},
+        fingerprint=f"pairs-{key}",
+        writer_batch_size=64,
+    )

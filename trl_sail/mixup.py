@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """SAIL's preference mixup: every optimizer step trains on a fixed fraction `alpha` of self-generated pairs.
 
 SAIL (Sec. "Mixup ranking preference mixture") trains each round on D_i = alpha * D_self + (1 - alpha) * D_seed with
@@ -28,6 +42,7 @@ from functools import partial
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from transformers.trainer_utils import seed_worker
 
 from .data import SOURCE_NAMES, SOURCE_SEED, SOURCE_SELF, DiffusionDPODataCollator, PairTransform
 
@@ -111,6 +126,12 @@ class MixedPreferenceDataset(Dataset):
     """
 
     def __init__(self, seed_pairs: Sequence[dict] | Dataset | None, self_pairs: Sequence[dict] | Dataset | None):
+        # Not `datasets.concatenate_datasets(...)` plus a `source` column: the two sources are `PreferencePairs`, lazy
+        # views over datasets of different schemas (the seed set is usually Pick-a-Pic: `jpg_0`/`jpg_1`/labels, with
+        # ties dropped and the winner put first per row; self pairs are TRL-like with rewards), and concatenation
+        # needs one Arrow schema. Getting it means a `map` over the whole seed set that writes a converted copy of
+        # its images (~GBs for a Pick-a-Pic seed set, again every round) and loses `PreferencePairs`' latent cache.
+        # An index offset gives the same rows and sources, and the mixup sampler only needs `num_seed`/`num_self`.
         self.seed_pairs = seed_pairs if seed_pairs is not None else []
         self.self_pairs = self_pairs if self_pairs is not None else []
         self.num_seed = len(self.seed_pairs)
@@ -395,8 +416,6 @@ def build_mixup_dataloader(
         split_batches (`bool`, *optional*): Defaults to `args.accelerator_config.split_batches`; pass
             `accelerator.split_batches` when they differ.
     """
-    from transformers.trainer_utils import seed_worker
-
     if alpha is None:
         if not hasattr(collator, "alpha"):
             raise ValueError("Pass `alpha`, or a `MixupPreferenceCollator` that carries it.")

@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +124,8 @@ class SAILConfig(DiffusionDPOConfig):
             Images per evaluation prompt (fixed seeds, the same for every round).
     """
 
+    _VALID_DICT_FIELDS = DiffusionDPOConfig._VALID_DICT_FIELDS + ["eval_scorer_kwargs"]
+
     num_rounds: int = field(default=3, metadata={"help": "Self rounds after round 0."})
     prompts_per_round: list[int] = field(
         default_factory=lambda: [1000],
@@ -122,7 +138,10 @@ class SAILConfig(DiffusionDPOConfig):
     num_candidates: int = field(default=8, metadata={"help": "N candidates per prompt."})
     sampling_num_inference_steps: int = field(default=50, metadata={"help": "Sampling steps."})
     sampling_guidance_scale: float = field(default=7.5, metadata={"help": "Sampling CFG scale."})
-    sampling_scheduler: str | None = field(default=None, metadata={"help": "'ddpm', 'ddim' or None (pipeline's)."})
+    sampling_scheduler: str | None = field(
+        default=None,
+        metadata={"help": "None (the pipeline's scheduler), 'ddpm' or 'ddim'.", "choices": ["ddpm", "ddim"]},
+    )
     generation_batch_size: int = field(default=4, metadata={"help": "Prompts per generation call."})
     num_reward_draws: int = field(default=10, metadata={"help": "K (t, eps) draws per reward."})
     scoring_batch_size: int = field(default=32, metadata={"help": "Images per judge UNet forward."})
@@ -137,7 +156,9 @@ class SAILConfig(DiffusionDPOConfig):
         default=0.1, metadata={"help": "Fraction of seed pairs held out of training as the judge's exam."}
     )
     judge_exam_max_pairs: int = field(default=512, metadata={"help": "At most this many held-out pairs examined."})
-    pair_selection: str = field(default="best_worst", metadata={"help": "'best_worst' or 'random'."})
+    pair_selection: str = field(
+        default="best_worst", metadata={"help": "How a prompt's pair is chosen.", "choices": list(PAIR_SELECTIONS)}
+    )
 
     mixup_alpha: float = field(default=0.25, metadata={"help": "Fraction of self pairs per optimizer step."})
     self_round_max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps per self round."})
@@ -201,10 +222,13 @@ class SAILConfig(DiffusionDPOConfig):
             raise ValueError(f"judge_exam_max_pairs must be >= 1, got {self.judge_exam_max_pairs}.")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ValueError(f"early_stopping_patience must be >= 1, got {self.early_stopping_patience}.")
-        if self.pair_selection not in PAIR_SELECTIONS:
-            raise ValueError(f"pair_selection must be one of {PAIR_SELECTIONS}, got {self.pair_selection!r}.")
-        if self.sampling_scheduler not in (None, "ddpm", "ddim"):
-            raise ValueError(f"sampling_scheduler must be 'ddpm', 'ddim' or None, got {self.sampling_scheduler!r}.")
+        # The command line enforces the fields' `choices` metadata; `TrainingArguments` does not, so Python users
+        # get the same check here.
+        for name in ("pair_selection", "sampling_scheduler"):
+            choices = self.__dataclass_fields__[name].metadata["choices"]
+            value = getattr(self, name)
+            if value not in choices and not (value is None and name == "sampling_scheduler"):
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
         if self.start_from_aligned and not self.judge_base_model:
             raise ValueError(
                 "start_from_aligned=True (SAIL*) skips round 0 and uses the given model as the anchor, so the judge "
@@ -214,10 +238,6 @@ class SAILConfig(DiffusionDPOConfig):
             raise ValueError(f"self_round_max_steps must be >= 1, got {self.self_round_max_steps}.")
         if self.self_round_epochs <= 0:
             raise ValueError(f"self_round_epochs must be > 0, got {self.self_round_epochs}.")
-        if isinstance(self.eval_scorer_kwargs, str):
-            import json
-
-            self.eval_scorer_kwargs = json.loads(self.eval_scorer_kwargs)
         if self.eval_scorers and not self.eval_prompts:
             raise ValueError(
                 f"eval_scorers={self.eval_scorers} need prompts to score: set eval_prompts (held-out prompts that no "

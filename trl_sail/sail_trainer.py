@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """SAIL: Self-Amplified Iterative Learning (ICLR 2026) on top of `DiffusionDPOTrainer`.
 
 Round 0 trains the anchor with Diffusion-DPO on the human seed pairs. Each self round i >= 1 then:
@@ -8,9 +22,9 @@ Round 0 trains the anchor with Diffusion-DPO on the human seed pairs. Each self 
 4. trains Diffusion-DPO on those self pairs mixed with the seed pairs (fraction `mixup_alpha` of self pairs in every
    optimizer step), starting from the current model and with the current model (frozen) as the DPO reference.
 
-On disk (`output_dir`): `round_i/` is written atomically when round i finishes (model, model card, `preferences/`,
-`sail_round.json`); `work/round_i/` holds what a rerun resumes from (generation shards, DPO checkpoints). With LoRA
-the base, the anchor, the current model and the round's reference are adapters of one UNet.
+Rounds on disk and on the Hub (`round_i/`, `work/round_i/`, what a rerun resumes from, the `best` link, branches
+`round-i` and `main`) are `RoundStore`'s (`trl_sail.round_store`). With LoRA the base, the anchor, the current model
+and the round's reference are adapters of one UNet.
 """
 
 import copy
@@ -20,10 +34,13 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import fields
 
 from accelerate import PartialState
 from datasets import Dataset
+from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.training_utils import free_memory
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -31,29 +48,29 @@ from .artifacts import (
     atomic_directory,
     is_peft_unet,
     load_unet_checkpoint,
-    push_folder,
-    save_model_artifact,
     save_unet_checkpoint,
     write_json,
-    write_model_card,
 )
-from .data import SOURCE_SEED, SOURCE_SELF, PreferencePairs, drop_prompts
+from .data import SOURCE_SEED, SOURCE_SELF, PreferencePairs, drop_prompts, materialize_stream
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .diffusion_dpo_trainer import DiffusionDPOTrainer
-from .generation import CandidateGenerator, SamplingSettings, read_records, records_to_dataset
+from .evaluation import build_scorers
+from .evaluation.generation import generate_images
+from .generation import CandidateGenerator, SamplingSettings
 from .judge import HeldoutExam, JudgeSpec, judge_unproven
 from .mixup import MixedPreferenceDataset, MixupPreferenceCollator, build_mixup_dataloader, num_optimizer_steps_for
 from .models import (
     TextToImageModel,
     UNetView,
     check_precision,
-    compute_autocast,
-    frozen_copy,
+    denoiser_in_pipeline,
+    freeze,
     load_pipeline,
     mixed_precision_dtype,
     resolve_dtype,
     set_trained_unet_precision,
 )
+from .round_store import RoundStore
 from .sail_config import SAILConfig
 from .scorer import ImplicitDiffusionRewardScorer
 from .tracking import RunTrackers
@@ -63,18 +80,7 @@ from .validation import image_grid, sample_images
 logger = logging.getLogger(__name__)
 
 POLICY_ADAPTER, ANCHOR_ADAPTER, REFERENCE_ADAPTER = "default", "sail_anchor", "sail_reference"
-ROUND_INFO = "sail_round.json"
 EXAM_SEED = 104_729  # offset of the held-out exam's draws from `args.seed`: the same draws in every round
-# A round's health signals, as they appear in its summary, its model card and the summary table.
-ROUND_SIGNALS = (
-    "heldout/judge_accuracy",
-    "heldout/judge_accuracy_se",
-    "heldout/policy_accuracy",
-    "heldout/policy_accuracy_se",
-    "pick_stability",
-    "mean_candidate_diversity",
-    "num_tied_prompts_skipped",
-)
 
 
 def prompts_from(dataset) -> list[str]:
@@ -141,14 +147,14 @@ class SAILTrainer:
         model (`str` or `DiffusionPipeline`): the base model (or, with `start_from_aligned=True`, the aligned model
             that serves as the anchor).
         args ([`SAILConfig`], *optional*): defaults to `SAILConfig(f"{model_name}-SAIL")`.
-        seed_dataset ([`~datasets.Dataset`]): human preference pairs, Pick-a-Pic or TRL-like schema.
+        seed_dataset ([`~datasets.Dataset`] or [`~datasets.IterableDataset`]): human preference pairs, Pick-a-Pic
+            or TRL-like schema. A streamed one is read once into a disk-backed `Dataset` (logged).
         prompt_dataset (`Dataset` or `list[str]`, *optional*): unlabeled prompts for the self rounds. Without it the
             seed set's captions are used (with a warning).
         judge (`Callable[[list[PIL.Image], list[str]], list[float]]`, *optional*): an external judge replacing the
             implicit one (e.g. a reward model: the online-DPO baseline).
         callbacks (*optional*): `transformers` callbacks given to every DPO phase.
         peft_config (`peft.LoraConfig`, *optional*): train LoRA adapters (one UNet in memory).
-        hub_api (*optional*): the Hub client (`huggingface_hub.HfApi()` by default).
     """
 
     def __init__(
@@ -160,7 +166,6 @@ class SAILTrainer:
         judge: Callable | None = None,
         callbacks=None,
         peft_config=None,
-        hub_api=None,
     ):
         if args is None:
             name = model if isinstance(model, str) else "model"
@@ -178,6 +183,8 @@ class SAILTrainer:
         # No round trains on the evaluation prompts: seed pairs with those captions go before round 0.
         self.num_seed_pairs_on_eval_prompts = 0
         if seed_dataset is not None:
+            # Every round revisits the seed pairs (and holds a fixed slice out): a streamed seed set is read once.
+            seed_dataset = materialize_stream(seed_dataset, "seed_dataset")
             seed_dataset, self.num_seed_pairs_on_eval_prompts = drop_prompts(seed_dataset, args.eval_prompts)
             if self.num_seed_pairs_on_eval_prompts:
                 logger.warning(
@@ -205,7 +212,6 @@ class SAILTrainer:
             self.seed_pairs.validate_images()
         self.external_judge = judge
         self.callbacks = callbacks
-        self.hub_api = hub_api
         self.summaries: list[dict] = []
 
         # ----- models -----
@@ -240,17 +246,17 @@ class SAILTrainer:
         # The pre-DPO base. LoRA: the UNet with adapters off (SAIL*: a separate UNet, the aligned one is the anchor).
         if args.start_from_aligned:
             base_unet = load_pipeline(args.judge_base_model, **init_kwargs).unet
-            self.base = UNetView(base_unet.requires_grad_(False).eval().to(self.state.device, self.frozen_dtype))
+            self.base = freeze(base_unet.to(self.state.device), self.frozen_dtype, copy_weights=False)
         elif self.is_lora:
             self.base = UNetView(unet, "disabled")
         else:
-            self.base = frozen_copy(unet, self.frozen_dtype)
+            self.base = freeze(unet, self.frozen_dtype)
         self.anchor: UNetView | None = None
+        # Round directories, resume state, self pairs and publishing (the Hub's `round-i` branches and `main`).
+        self.rounds = RoundStore(args, self.base_model_id, self.is_lora, POLICY_ADAPTER)
         # Scorers run after every round: built now, so a missing scorer model fails before any training.
         self.eval_scorers = {}
         if args.eval_scorers:
-            from .evaluation import build_scorers
-
             self.eval_scorers = build_scorers(
                 args.eval_scorers, scorer_kwargs=args.eval_scorer_kwargs, device=str(self.state.device)
             )
@@ -288,33 +294,13 @@ class SAILTrainer:
             start += count
         return rounds
 
-    # ------------------------------------------------------------------ paths and state
-    def round_dir(self, i: int) -> str:
-        return os.path.join(self.args.output_dir, f"round_{i}")
-
-    def work_dir(self, i: int) -> str:
-        return os.path.join(self.args.output_dir, "work", f"round_{i}")
-
-    def is_finished(self, i: int) -> bool:
-        return os.path.isfile(os.path.join(self.round_dir(i), ROUND_INFO))
-
-    def _state_path(self) -> str:
-        return os.path.join(self.args.output_dir, "sail_state.json")
-
-    def _load_state(self) -> dict:
-        if os.path.isfile(self._state_path()):
-            with open(self._state_path()) as f:
-                return json.load(f)
-        return {"pushed": []}
-
     # ------------------------------------------------------------------ adapters / frozen copies
     def _freeze_current_as(self, adapter_name: str) -> UNetView:
         """A frozen copy of the current model: a LoRA adapter holding the current adapter weights, or a UNet copy in
         the frozen dtype."""
         unet = self.unet
         if not self.is_lora:
-            return frozen_copy(unet, self.frozen_dtype)
-        from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+            return freeze(unet, self.frozen_dtype)
 
         if adapter_name not in unet.peft_config:
             unet.add_adapter(copy.deepcopy(self._peft_config), adapter_name=adapter_name)
@@ -359,23 +345,23 @@ class SAILTrainer:
         # Round 0: the anchor.
         if args.start_from_aligned:
             logger.info("SAIL*: the given model is the anchor; round 0 is skipped.")
-        elif self.is_finished(0):
-            self._load_round_weights(0)
+        elif self.rounds.is_finished(0):
+            self.rounds.load_round_weights(0, self.unet)
         else:
             self._run_round(0)
         self.anchor = (
             self._freeze_current_as(ANCHOR_ADAPTER) if not args.start_from_aligned else self._aligned_anchor()
         )
-        if self.is_finished(0):
-            self.summaries.append(self._read_summary(0))
-            self._publish(0)
+        if self.rounds.is_finished(0):
+            self.summaries.append(self.rounds.read_summary(0))
+            self.rounds.publish(0, self.best_round())
         for i in range(1, args.num_rounds + 1):
-            if self.is_finished(i):
-                self._load_round_weights(i)
+            if self.rounds.is_finished(i):
+                self.rounds.load_round_weights(i, self.unet)
             elif not self._run_round(i):
                 break  # no self pair could be formed (logged, and in the summaries): nothing left to train on
-            self.summaries.append(self._read_summary(i))
-            self._publish(i)
+            self.summaries.append(self.rounds.read_summary(i))
+            self.rounds.publish(i, self.best_round())
             if self._base_no_longer_needed(i):
                 self.base = None  # free its memory (a full fine-tune's frozen copy)
             if self._should_stop_early():
@@ -383,7 +369,7 @@ class SAILTrainer:
         best = self.best_round()
         if best is not None and args.select_best_round and best != self.summaries[-1]["round"]:
             # The trainer's model is the selected round, as `main` and `output_dir/best` are.
-            self._load_round_weights(best)
+            self.rounds.load_round_weights(best, self.unet)
             logger.info(f"Round {best} is the best by the held-out criterion: it is the trainer's final model.")
 
     # ------------------------------------------------------------------ held-out exam, best round, stopping
@@ -412,7 +398,7 @@ class SAILTrainer:
 
     def _current_frozen(self) -> UNetView:
         """The current model as a frozen view in the frozen dtype (a LoRA UNet's policy adapter is already one)."""
-        return self.policy if self.is_lora else frozen_copy(self.unet, self.frozen_dtype)
+        return self.policy if self.is_lora else freeze(self.unet, self.frozen_dtype)
 
     def _policy_exam(self) -> dict:
         """The current model's implicit-reward accuracy against the base on the held-out pairs (the criterion of
@@ -500,7 +486,7 @@ class SAILTrainer:
     def _aligned_anchor(self) -> UNetView:
         if self.is_lora:
             return UNetView(self.unet, "disabled")
-        return frozen_copy(self.unet, self.frozen_dtype)
+        return freeze(self.unet, self.frozen_dtype)
 
     def _run_round(self, i: int) -> bool:
         """Run round i and write it; `False` (nothing written) when no self pair could be formed."""
@@ -582,13 +568,11 @@ class SAILTrainer:
 
     def _phase_args(self, i: int, max_steps: int) -> DiffusionDPOConfig:
         """The DPO phase's config: the SAIL config's Diffusion-DPO fields, writing under work/round_i/dpo."""
-        from dataclasses import fields
-
         values = {f.name: getattr(self.args, f.name) for f in fields(DiffusionDPOConfig) if f.init}
         values.update(
             # The phase gets the pipeline object: tell it the frozen dtype this trainer declared.
             model_init_kwargs={**(self.args.model_init_kwargs or {}), "torch_dtype": str(self.frozen_dtype)[6:]},
-            output_dir=os.path.join(self.work_dir(i), "dpo"),
+            output_dir=os.path.join(self.rounds.work_dir(i), "dpo"),
             max_steps=max_steps,
             seed=self.args.seed + i,
             push_to_hub=False,
@@ -695,7 +679,7 @@ class SAILTrainer:
         """Round i's self pairs (generated by the current model, ranked by `judge`) and the number of prompts skipped
         because their candidates tied."""
         args = self.args
-        directory = os.path.join(self.work_dir(i), "generation")
+        directory = self.rounds.generation_dir(i)
         ids = [pid for pid, _ in self.round_prompts[i - 1]]
         prompts = [p for _, p in self.round_prompts[i - 1]]
         settings = SamplingSettings(
@@ -707,8 +691,6 @@ class SAILTrainer:
         )
         original_scheduler = self.pipeline.scheduler
         if args.sampling_scheduler is not None:
-            from diffusers import DDIMScheduler, DDPMScheduler
-
             scheduler_class = DDPMScheduler if args.sampling_scheduler == "ddpm" else DDIMScheduler
             self.pipeline.scheduler = scheduler_class.from_config(original_scheduler.config)
         try:
@@ -728,8 +710,7 @@ class SAILTrainer:
         finally:
             self.pipeline.scheduler = original_scheduler
         self.state.wait_for_everyone()
-        num_tied = sum(1 for record in read_records(directory, include_skipped=True).values() if record.get("skipped"))
-        return records_to_dataset(directory, ids), num_tied
+        return self.rounds.self_pairs(i, ids)
 
     def _monitor(self, i: int, pairs: Dataset, num_tied: int, info: dict) -> dict:
         """The loop's health signals for round i (each a warning when it fails; docs/sail.md, "Is the loop healthy"):
@@ -801,26 +782,20 @@ class SAILTrainer:
 
     def evaluate_round(self) -> dict[str, float]:
         """Mean score of each `eval_scorers` metric on `eval_prompts` (fixed seeds), for the current model."""
-        from .evaluation.generation import generate_images
-
         args = self.args
-        with self.policy.active() as unet, compute_autocast(self.state.device, self.autocast_dtype):
-            original, self.pipeline.unet = self.pipeline.unet, unet
-            try:
-                images = generate_images(
-                    self.pipeline,
-                    list(args.eval_prompts),
-                    images_per_prompt=args.eval_images_per_prompt,
-                    seed=args.seed,
-                    num_inference_steps=args.sampling_num_inference_steps,
-                    guidance_scale=args.sampling_guidance_scale,
-                    height=args.resolution,
-                    width=args.resolution,
-                    show_progress=self.state.is_local_main_process,
-                    description="Evaluation images",
-                )
-            finally:
-                self.pipeline.unet = original
+        with denoiser_in_pipeline(self.pipeline, self.policy, self.autocast_dtype, self.state.device):
+            images = generate_images(
+                self.pipeline,
+                list(args.eval_prompts),
+                images_per_prompt=args.eval_images_per_prompt,
+                seed=args.seed,
+                num_inference_steps=args.sampling_num_inference_steps,
+                guidance_scale=args.sampling_guidance_scale,
+                height=args.resolution,
+                width=args.resolution,
+                show_progress=self.state.is_local_main_process,
+                description="Evaluation images",
+            )
         flat_images = [image for group in images for image in group]
         flat_prompts = [p for p, group in zip(args.eval_prompts, images) for _ in group]
         results = {}
@@ -830,131 +805,10 @@ class SAILTrainer:
         logger.info(f"Evaluation after this round: {results}")
         return results
 
-    # ------------------------------------------------------------------ artifacts and Hub
+    # ------------------------------------------------------------------ artifacts
     def _write_round(self, i: int, info: dict) -> None:
-        if self.state.is_main_process:
-            with atomic_directory(self.round_dir(i)) as tmp:
-                save_model_artifact(self.pipeline, self.unet, tmp, POLICY_ADAPTER)
-                if i >= 1:
-                    records_to_dataset(
-                        os.path.join(self.work_dir(i), "generation"), [pid for pid, _ in self.round_prompts[i - 1]]
-                    ).save_to_disk(os.path.join(tmp, "preferences"))
-                self._write_card(tmp, i, info)
-                write_json(os.path.join(tmp, ROUND_INFO), info)
-        self.state.wait_for_everyone()
-
-    def _write_card(self, directory: str, i: int, info: dict) -> None:
-        args = self.args
-        hyperparameters = {
-            "method": "SAIL" if i > 0 else "Diffusion-DPO (SAIL round 0, anchor)",
-            "round": i,
-            "beta": args.beta,
-            "learning_rate": args.learning_rate,
-            "judge": info.get("judge"),
-            "mixup_alpha": args.mixup_alpha,
-            "candidates per prompt (N)": args.num_candidates,
-            "reward draws (K)": args.num_reward_draws,
-            "pair selection": args.pair_selection,
-            "seed pairs": info.get("num_seed_pairs"),
-            "self pairs": info.get("num_self_pairs"),
-        }
-        metrics = {k: v for k, v in (info.get("metrics") or {}).items() if "/" in k or k == "loss"}
-        for key in ROUND_SIGNALS:
-            if info.get(key) is not None:
-                metrics[key] = info[key]
-        metrics.update(info.get("eval") or {})
-        write_model_card(
-            directory,
-            base_model=self.base_model_id,
-            method="SAIL",
-            is_lora=self.is_lora,
-            hyperparameters=hyperparameters,
-            metrics=metrics,
-            repo_id=args.hub_model_id,
-            revision=f"round-{i}" if args.push_to_hub else None,
-            description=f"Round {i} of {args.num_rounds}.",
-        )
-
-    def _load_round_weights(self, i: int) -> None:
-        """Put a finished round's model into the UNet (a rerun skips finished rounds)."""
-        from safetensors.torch import load_file
-
-        from .artifacts import LORA_WEIGHTS_NAME, load_lora_into_unet
-
-        directory = self.round_dir(i)
-        if self.is_lora:
-            load_lora_into_unet(self.unet, load_file(os.path.join(directory, LORA_WEIGHTS_NAME)), POLICY_ADAPTER)
-        else:
-            load_unet_checkpoint(self.unet, directory)
-        logger.info(f"Loaded round {i}'s model from {directory}.")
-
-    def _publish(self, i: int) -> None:
-        """Round i is finished: point `output_dir/best` at the best round so far and push round i to the Hub as branch
-        `round-i`, and the best round so far as `main` (each once; a rerun pushes what a crash left)."""
-        args = self.args
-        if not self.state.is_main_process:
-            return
-        best = self.best_round()
-        link = os.path.join(args.output_dir, "best")
-        if best is not None and (not os.path.islink(link) or os.readlink(link) != f"round_{best}"):
-            tmp = link + ".tmp"
-            if os.path.lexists(tmp):
-                os.remove(tmp)
-            os.symlink(f"round_{best}", tmp)  # relative: the output directory can be moved
-            os.replace(tmp, link)
-        if not args.push_to_hub:
-            return
-        state = self._load_state()
-        if self.hub_api is None:
-            from huggingface_hub import HfApi
-
-            self.hub_api = HfApi()
-        repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
-        token, private = args.hub_token, args.hub_private_repo
-        if i not in state["pushed"]:
-            self._push_round(repo_id, i, token, private)
-            state["pushed"].append(i)
-            write_json(self._state_path(), state)
-        if best is not None and state.get("main") != best:
-            push_folder(
-                self.hub_api,
-                self.round_dir(best),
-                repo_id,
-                revision="main",
-                commit_message=f"SAIL round {best} (best so far by the held-out criterion)",
-                token=token,
-                private=private,
-            )
-            state["main"] = best
-            write_json(self._state_path(), state)
-
-    def _push_round(self, repo_id: str, i: int, token, private) -> None:
-        args = self.args
-        directory = self.round_dir(i)
-        push_folder(
-            self.hub_api,
-            directory,
-            repo_id,
-            revision=f"round-{i}",
-            commit_message=f"SAIL round {i}",
-            token=token,
-            private=private,
-        )
-        if args.push_preferences_to_hub and os.path.isdir(os.path.join(directory, "preferences")):
-            push_folder(
-                self.hub_api,
-                os.path.join(directory, "preferences"),
-                f"{repo_id}-preferences",
-                revision=f"round-{i}",
-                commit_message=f"SAIL round {i} self pairs",
-                token=token,
-                private=private,
-                repo_type="dataset",
-            )
-
-    def _read_summary(self, i: int) -> dict:
-        with open(os.path.join(self.round_dir(i), ROUND_INFO)) as f:
-            return json.load(f)
+        prompt_ids = [pid for pid, _ in self.round_prompts[i - 1]] if i >= 1 else None
+        self.rounds.write_round(i, info, self.pipeline, self.unet, prompt_ids)
 
     def _write_summary_table(self, seconds: float) -> None:
         best = self.best_round()

@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The implicit judge: a DPO-trained diffusion model ranks images by its own denoising error against a reference.
 
 r(x) = -(beta / 2) * (e_policy(x) - e_reference(x)), with e averaged over K draws of (t, eps) — the same
@@ -9,8 +23,10 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from .models import TextToImageModel, UNetConditioning, UNetView, compute_autocast, resolve_dtype
-from .rewards import denoising_errors, implicit_reward, preference_probability
+from .data import pil_to_tensor
+from .models import TextToImageModel, UNetConditioning, UNetView, compute_autocast, model_for_pipeline, resolve_dtype
+from .models.weights import as_view
+from .rewards import implicit_reward, preference_probability
 from .seeding import JUDGE_DRAWS, derived_generator
 
 
@@ -67,8 +83,7 @@ class ImplicitDiffusionRewardScorer:
         timestep_range: tuple[int, int] | None = None,
         normalization: str | None = None,
     ):
-        self.policy = policy if isinstance(policy, UNetView) else UNetView(policy)
-        self.reference = reference if isinstance(reference, UNetView) else UNetView(reference)
+        self.policy, self.reference = as_view(policy), as_view(reference)
         if self.policy.same_weights_as(self.reference):
             raise ValueError(
                 "The policy and the reference are the same weights, so every implicit reward would be 0. Judge a "
@@ -78,14 +93,14 @@ class ImplicitDiffusionRewardScorer:
             raise ValueError(
                 f"The judged model is stored in {self.policy.dtype} and its reference in {self.reference.dtype}: one "
                 "set of weights at two precisions already gives rewards of +-0.5, noise that would decide the picks. "
-                "Keep both in one dtype (e.g. `frozen_copy(unet, dtype)` for both) and set `autocast_dtype` for mixed "
+                "Keep both in one dtype (e.g. `freeze(unet, dtype)` for both) and set `autocast_dtype` for mixed "
                 "precision."
             )
         if num_draws < 1:
             raise ValueError(f"num_draws (K) must be >= 1, got {num_draws}.")
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}.")
-        self.model = model if isinstance(model, TextToImageModel) else TextToImageModel(model)
+        self.model = model if isinstance(model, TextToImageModel) else model_for_pipeline(model)
         num_timesteps = self.model.num_train_timesteps
         if timestep_range is not None:
             low, high = (int(t) for t in timestep_range)
@@ -130,20 +145,18 @@ class ImplicitDiffusionRewardScorer:
             for start in range(0, len(flat_latents), self.max_batch_size):
                 rows = slice(start, start + self.max_batch_size)
                 errors.append(
-                    denoising_errors(
+                    self.model.denoising_errors(
                         unet,
-                        self.model.noise_scheduler,
                         flat_latents[rows].to(device),
                         flat_noise[rows].to(device),
                         flat_t[rows].to(device),
-                        conditioning.index(prompt_index[rows].to(conditioning.encoder_hidden_states.device)),
+                        conditioning.index(prompt_index[rows].to(conditioning.device)),
                     ).cpu()
                 )
         return torch.cat(errors).view(num_prompts, num_candidates, k)
 
     def conditioning_for(self, prompts: list[str]) -> UNetConditioning:
-        hidden, pooled = self.model.encode_prompts(list(prompts))
-        return self.model.conditioning(hidden, pooled)
+        return self.model.conditioning(*self.model.encode_prompts(list(prompts)))
 
     # ----- rewards -----
     @torch.no_grad()
@@ -187,9 +200,7 @@ class ImplicitDiffusionRewardScorer:
     @torch.no_grad()
     def score_images(self, images, prompts: list[str], prompt_ids=None, batch_size: int = 16) -> torch.Tensor:
         """Implicit rewards of PIL images (one per prompt). Images are resized to the model's resolution."""
-        from .data import pil_to_tensor
-
-        size = self.model.pipeline.unet.config.sample_size * self.model.vae_scale_factor
+        size = self.model.default_resolution
         latents = []
         for start in tqdm(
             range(0, len(images), batch_size), desc="Encoding images", leave=False, disable=len(images) <= batch_size

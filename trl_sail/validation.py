@@ -1,22 +1,33 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Validation images, as the diffusers training scripts do it: fixed prompts and seeds, sampled every N steps and at
 the end, saved under `output_dir/validation/` and logged to the trackers of `report_to`."""
 
 import os
 
 import torch
+from diffusers.utils import make_image_grid
 from PIL import Image
 from transformers import TrainerCallback
 
-from .models import UNetView, compute_autocast
+from .models import denoiser_in_pipeline
 from .tracking import log_image_to_trackers
 
 
-def image_grid(images: list[Image.Image], rows: int, cols: int) -> Image.Image:
-    width, height = images[0].size
-    grid = Image.new("RGB", (cols * width, rows * height))
-    for i, image in enumerate(images):
-        grid.paste(image, ((i % cols) * width, (i // cols) * height))
-    return grid
+# Kept for the modules that import it from here: diffusers' grid, row by row.
+image_grid = make_image_grid
 
 
 @torch.no_grad()
@@ -25,28 +36,24 @@ def sample_images(
 ):
     """One image per (prompt, seed), with `unet` swapped into the pipeline. Returns a list of PIL images.
 
-    The UNet runs in eval mode under the training's autocast (`autocast_dtype`, see `trl_sail.models`).
+    The UNet runs in eval mode under the training's autocast (`autocast_dtype`, see
+    `trl_sail.models.denoiser_in_pipeline`).
     """
-    original_unet = pipeline.unet
-    try:
-        images = []
-        with UNetView(unet).active(), compute_autocast(device or unet.device, autocast_dtype):
-            pipeline.unet = unet
-            for prompt in prompts:
-                for seed in seeds:
-                    generator = torch.Generator(device="cpu").manual_seed(seed)
-                    output = pipeline(
-                        prompt,
-                        num_inference_steps=num_inference_steps,
-                        guidance_scale=guidance_scale,
-                        height=resolution,
-                        width=resolution,
-                        generator=generator,
-                    )
-                    images += output.images
-        return images
-    finally:
-        pipeline.unet = original_unet
+    images = []
+    with denoiser_in_pipeline(pipeline, unet, autocast_dtype, device):
+        for prompt in prompts:
+            for seed in seeds:
+                generator = torch.Generator(device="cpu").manual_seed(seed)
+                output = pipeline(
+                    prompt,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale,
+                    height=resolution,
+                    width=resolution,
+                    generator=generator,
+                )
+                images += output.images
+    return images
 
 
 class ValidationImagesCallback(TrainerCallback):
@@ -82,7 +89,7 @@ class ValidationImagesCallback(TrainerCallback):
             trainer.accelerator.device,
             trainer.autocast_dtype,
         )
-        grid = image_grid(images, rows=len(args.validation_prompts), cols=len(seeds))
+        grid = make_image_grid(images, rows=len(args.validation_prompts), cols=len(seeds))
         directory = os.path.join(args.output_dir, "validation")
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, f"step_{step:06d}{'_final' if final else ''}.png")

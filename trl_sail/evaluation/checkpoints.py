@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Finding, safely loading and converting the checkpoints of the evaluation scorers.
 
 Two of the four metrics ship weights written for other code bases:
@@ -19,6 +33,7 @@ import re
 from collections.abc import Callable
 
 import torch
+from huggingface_hub import hf_hub_download
 from safetensors.torch import load_file
 
 
@@ -74,8 +89,6 @@ def resolve_file(
         raise ScorerLoadingError(f"The {what} was not found: {candidate} does not exist. {hint}")
     if looks_like_local_path(name_or_path):
         raise ScorerLoadingError(f"The {what} was not found: no file or directory at {name_or_path!r}. {hint}")
-
-    from huggingface_hub import hf_hub_download
 
     try:
         return hf_hub_download(

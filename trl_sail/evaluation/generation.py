@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Which model to evaluate, how to load it, and how to sample from it with fixed seeds.
 
 A model is given as `[label=]location[@revision]`:
@@ -14,9 +28,13 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 
+import diffusers
 import torch
+from huggingface_hub import file_exists
 from PIL import Image
 from tqdm.auto import tqdm
+
+from ..models import load_pipeline as load_diffusion_pipeline
 
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -49,8 +67,6 @@ class ModelSpec:
             return os.path.isfile(os.path.join(self.location, LORA_WEIGHTS_NAME)) and not os.path.isfile(
                 os.path.join(self.location, "model_index.json")
             )
-        from huggingface_hub import file_exists
-
         try:
             return file_exists(self.location, LORA_WEIGHTS_NAME, revision=self.revision) and not file_exists(
                 self.location, "model_index.json", revision=self.revision
@@ -94,22 +110,18 @@ def load_pipeline(
             built from the pipeline's scheduler config; the pipeline's own scheduler otherwise.
         disable_safety_checker (`bool`): drop SD1.5's safety checker (blacked-out images would distort the scores).
     """
-    from diffusers import DiffusionPipeline
-
     kwargs = {"torch_dtype": dtype}
     if disable_safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if spec.is_lora:
         if base_model is None:
             raise ValueError(f"{spec.location} holds LoRA weights: pass the model they apply to as --base_model.")
-        pipeline = DiffusionPipeline.from_pretrained(base_model, **kwargs)
+        pipeline = load_diffusion_pipeline(base_model, **kwargs)
         lora_kwargs = {"revision": spec.revision} if spec.revision else {}
         pipeline.load_lora_weights(spec.location, **lora_kwargs)
     else:
-        pipeline = DiffusionPipeline.from_pretrained(spec.location, revision=spec.revision, **kwargs)
+        pipeline = load_diffusion_pipeline(spec.location, revision=spec.revision, **kwargs)
     if scheduler:
-        import diffusers
-
         scheduler_class = getattr(diffusers, scheduler, None)
         if scheduler_class is None:
             raise ValueError(f"Unknown diffusers scheduler {scheduler!r}.")

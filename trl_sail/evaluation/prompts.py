@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Prompt sets for evaluation: a text file, a dataset column, or one of the benchmarks the papers use.
 
 | name | source | prompts | categories |
@@ -13,6 +27,9 @@ import json
 import os
 import random
 from dataclasses import dataclass, field
+
+from datasets import load_dataset
+from huggingface_hub import hf_hub_download
 
 
 HPSV2_BENCHMARK_REPO = "zhwang/HPDv2"
@@ -110,8 +127,6 @@ def load_named_prompt_set(name: str) -> PromptSet:
     if key not in NAMED_PROMPT_SETS:
         raise ValueError(f"Unknown prompt set {name!r}; choose among {list(NAMED_PROMPT_SETS)}, or pass a file.")
     if key == "hpsv2":
-        from huggingface_hub import hf_hub_download
-
         prompts, categories = [], []
         for style in HPSV2_STYLES:
             try:
@@ -125,8 +140,6 @@ def load_named_prompt_set(name: str) -> PromptSet:
             prompts += style_prompts
             categories += [style] * len(style_prompts)
         return PromptSet(key, prompts, categories, source=NAMED_PROMPT_SETS[key])
-
-    from datasets import load_dataset
 
     repo, split, column, category_column = {
         "pickapic-test": ("yuvalkirstain/pickapic_v2_no_images", "test_unique", "caption", None),
@@ -167,8 +180,6 @@ def load_prompt_dataset(
     unique: bool = True,
 ) -> PromptSet:
     """Prompts from a column of a `datasets` dataset (a Hub id or a local directory/file)."""
-    from datasets import load_dataset
-
     try:
         dataset = load_dataset(dataset_name, config, split=split)
     except FileNotFoundError as error:

@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Results tables (markdown and JSON, shaped like the SAIL paper's) and image grids."""
 
 import json
@@ -5,7 +19,8 @@ import math
 import re
 from collections.abc import Sequence
 
-from PIL import Image
+from diffusers.utils import make_image_grid
+from PIL import Image, ImageOps
 
 
 # Paper order: PickScore, ImageReward, Aesthetics, HPSv2 (then HPSv2 per benchmark style).
@@ -122,18 +137,21 @@ def write_results(results: dict, markdown_path: str, json_path: str) -> None:
         json.dump(results, f, indent=2)
 
 
-def make_grid(rows: Sequence[Sequence[Image.Image]], tile_size: int | None = None, padding: int = 2) -> Image.Image:
-    """Tile images into one picture: `rows[r][c]` at row r, column c (tiles resized to `tile_size` if given)."""
+def make_grid(
+    rows: Sequence[Sequence[Image.Image]], tile_size: int | None = None, padding: int = 2, background: str = "white"
+) -> Image.Image:
+    """Tile images into one picture: `rows[r][c]` at row r, column c, with `padding` pixels of `background` between
+    and around the tiles (tiles resized to `tile_size` if given; short rows are filled with `background`)."""
     if not rows or not rows[0]:
         raise ValueError("Nothing to put in a grid.")
-    first = rows[0][0]
-    width, height = (tile_size, tile_size) if tile_size else first.size
+    width, height = (tile_size, tile_size) if tile_size else rows[0][0].size
     n_cols = max(len(row) for row in rows)
-    grid = Image.new(
-        "RGB", (n_cols * width + (n_cols + 1) * padding, len(rows) * height + (len(rows) + 1) * padding), "white"
-    )
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            tile = image.convert("RGB").resize((width, height)) if image.size != (width, height) else image
-            grid.paste(tile, (padding + c * (width + padding), padding + r * (height + padding)))
-    return grid
+    blank = Image.new("RGB", (width, height), background)
+    # `make_image_grid` tiles without gaps: each tile carries its top and left padding, the grid its bottom and right.
+    tiles = [
+        ImageOps.expand(image.convert("RGB").resize((width, height)), border=(padding, padding, 0, 0), fill=background)
+        for row in rows
+        for image in [*row, *[blank] * (n_cols - len(row))]
+    ]
+    grid = make_image_grid(tiles, rows=len(rows), cols=n_cols)
+    return ImageOps.expand(grid, border=(0, 0, padding, padding), fill=background)

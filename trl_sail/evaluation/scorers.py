@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The four automatic metrics the SAIL and Diffusion-DPO papers report, one scorer class each.
 
 | name | class | what it loads | score |
@@ -36,6 +50,7 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 from transformers.utils import logging as transformers_logging
 
+from ..models.weights import resolve_dtype as parse_dtype
 from .checkpoints import (
     ScorerLoadingError,
     convert_image_reward_state_dict,
@@ -78,26 +93,11 @@ IMAGE_REWARD_MAX_LENGTH = 35  # ImageReward pads/truncates prompts to 35 BERT to
 IMAGE_REWARD_MEAN = 0.16717362830052426  # ImageReward's reward normalisation: (r - mean) / std
 IMAGE_REWARD_STD = 1.0333394966054072
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """`None` -> float32; accepts a `torch.dtype` or a name such as `"bfloat16"` / `"fp16"`."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}.")
-    return _DTYPES[dtype]
+    """`None` -> float32; accepts a `torch.dtype` or a name such as `"bfloat16"` / `"fp16"` (see
+    `trl_sail.models.resolve_dtype`, the package's one dtype parser)."""
+    return parse_dtype(dtype) or torch.float32
 
 
 def openai_clip_image_processor(size: int = CLIP_IMAGE_SIZE) -> CLIPImageProcessorPil:

@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """`trl-sail evaluate`: generate images for a prompt set with fixed seeds, score them, write the paper's table.
 
 ```bash
@@ -15,13 +29,14 @@ and HPSv2 per category), `per_image_scores.jsonl`, and image grids under `grids/
 """
 
 import argparse
-import gc
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from diffusers.training_utils import free_memory
+from trl import TrlParser
 
 from .generation import generate_images, image_seed, load_pipeline, parse_model_spec
 from .prompts import load_prompt_set
@@ -234,12 +249,6 @@ def _parse_labeled_pairs(value: str | None) -> int | None:
     return int(value.replace(",", "").replace("_", ""))
 
 
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def main(args: EvaluateArguments) -> dict:
     """Generate, score and report. Returns the results written to `results.json`.
 
@@ -290,7 +299,7 @@ def main(args: EvaluateArguments) -> dict:
             description=f"Generating ({spec.label})",
         )
         del pipeline
-        _free_memory()
+        free_memory()
         if args.save_images:
             image_dir = os.path.join(args.output_dir, "images", slugify(spec.label))
             os.makedirs(image_dir, exist_ok=True)
@@ -318,7 +327,7 @@ def main(args: EvaluateArguments) -> dict:
             images = [image for row in generated[label] for image in row]
             scores[label][name] = scorer.score(images, flat_prompts)
         del scorer
-        _free_memory()
+        free_memory()
 
     # 3. Report.
     results = {
@@ -386,8 +395,6 @@ def main(args: EvaluateArguments) -> dict:
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     """The script's `TrlParser`, or its `evaluate` sub-command when `subparsers` is given (for the `trl-sail` CLI,
     whose sub-parsers must be created with `parser_class=TrlParser`)."""
-    from trl import TrlParser
-
     dataclass_types = (EvaluateArguments,)
     if subparsers is not None:
         return subparsers.add_parser(

@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The sandbox experiment: is SAIL's claim true in a world whose human preference is known?
 
 Arms (all from the same pretrained base, evaluated on held-out prompts with the same sampling seeds), each trained
@@ -34,6 +48,18 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+import torch
+from datasets import load_from_disk
+from matplotlib.figure import Figure
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..diffusion_dpo_config import DiffusionDPOConfig
+from ..diffusion_dpo_trainer import DiffusionDPOTrainer
+from ..judge import judge_unproven
+from ..sail_config import SAILConfig
+from ..sail_trainer import SAILTrainer
+from .sampling import make_grid
+from .world import SandboxWorld
 
 
 @dataclass
@@ -161,8 +187,6 @@ def _training_values(settings: ExperimentSettings, max_steps: int, seed: int | N
 
 
 def _dpo_config(output_dir: str, settings: ExperimentSettings, max_steps: int, seed: int | None = None, **extra):
-    from ..diffusion_dpo_config import DiffusionDPOConfig
-
     return DiffusionDPOConfig(output_dir, **_training_values(settings, max_steps, seed), **extra)
 
 
@@ -187,8 +211,6 @@ def recipe_overrides(recipe: str, settings: ExperimentSettings) -> dict:
 
 
 def _sail_config(output_dir: str, settings: ExperimentSettings, world, seed: int | None = None, **overrides):
-    from ..sail_config import SAILConfig
-
     values = dict(
         **_training_values(settings, settings.anchor_steps, seed),
         num_rounds=settings.num_rounds,
@@ -213,8 +235,6 @@ def replay_selection(directory: str, gate: bool) -> int:
     held-out criterion (the earliest on a tie), among all rounds, or with `gate` (`stop_on_unproven_judge`) among
     those before the first self round whose judge was not above chance on the exam. The rounds before that point are
     exactly those a gated run trains (same seeds), so the replay is what the gated run would have returned."""
-    from ..judge import judge_unproven
-
     rounds = sorted(int(name.split("_")[1]) for name in os.listdir(directory) if re.fullmatch(r"round_\d+", name))
     best, best_criterion = rounds[0], None
     for i in rounds:
@@ -232,8 +252,6 @@ class Experiment:
     writes the report."""
 
     def __init__(self, output_dir: str, settings: ExperimentSettings, log=print):
-        from .world import SandboxWorld
-
         self.output_dir = output_dir
         self.settings = settings
         self.log = log
@@ -301,23 +319,13 @@ class Experiment:
     def _save_grid(self, arm: str, images, prompts_shown: int = 8) -> None:
         if images is None:
             return
-        from PIL import Image
-
         seeds = len(self.world.eval_seeds)
-        images = np.asarray(images)[: prompts_shown * seeds]
-        h, w = images.shape[1:3]
-        grid = Image.new("RGB", (seeds * w, prompts_shown * h))
-        for k, image in enumerate(images):
-            grid.paste(Image.fromarray(image), ((k % seeds) * w, (k // seeds) * h))
+        grid = make_grid(np.asarray(images)[: prompts_shown * seeds], columns=seeds, scale=4, padding=0)
         os.makedirs(os.path.join(self.output_dir, "samples"), exist_ok=True)
-        grid.resize((grid.width * 4, grid.height * 4), Image.NEAREST).save(
-            os.path.join(self.output_dir, "samples", f"{arm}.png")
-        )
+        grid.save(os.path.join(self.output_dir, "samples", f"{arm}.png"))
 
     # ------------------------------------------------------------------------------------------------- training
     def _dpo(self, name: str, dataset, steps: int, seed: int) -> str:
-        from ..diffusion_dpo_trainer import DiffusionDPOTrainer
-
         directory = os.path.join(self.seed_dir(seed), name)
         if not os.path.isfile(os.path.join(directory, "model_index.json")):
             with self.phase(f"{name} ({steps} steps)"):
@@ -329,8 +337,6 @@ class Experiment:
         return directory
 
     def _sail(self, recipe: str, seed: int, judge=None, **overrides) -> tuple[str, list[dict]]:
-        from ..sail_trainer import SAILTrainer
-
         name = overrides.pop("name", f"sail_{recipe.replace('-', '_')}")
         directory = os.path.join(self.seed_dir(seed), name)
         with self.phase(f"SAIL, {recipe} recipe{' (' + name + ')' if name != 'sail_' + recipe else ''}"):
@@ -450,8 +456,6 @@ class Experiment:
     def judge_quality(self) -> list[dict]:
         """Per recipe and self round, over training seeds: how often the simulated human also prefers the image the
         judge chose (on that round's self pairs), and what the held-out exam measured (judge and model accuracy)."""
-        from datasets import load_from_disk
-
         rows = []
         human = self.world.human
         for recipe in self.settings.recipes:
@@ -584,13 +588,10 @@ Sample grids (8 prompts x {len(self.world.eval_seeds)} seeds, first training see
         return {"rows": rows, "judge": judge_rows, "verdict": verdict, "timings": self.timings}
 
     def _plot(self, rows: list[dict]) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         by_arm = {r["arm"]: r for r in rows}
-        fig, ax = plt.subplots(figsize=(6, 4))
+        # A bare `Figure` (no pyplot) renders without choosing a global backend for the caller's process.
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         for recipe in self.settings.recipes:
             rounds = [("dpo-6%", 0)] + [(f"sail-{recipe}-r{i}", i) for i in range(1, 10)]
             points = [(i, by_arm[arm]) for arm, i in rounds if arm in by_arm]
@@ -610,12 +611,9 @@ Sample grids (8 prompts x {len(self.world.eval_seeds)} seeds, first training see
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(self.output_dir, "score_by_round.png"), dpi=120)
-        plt.close(fig)
 
 
 def _run_seed_in_process(output_dir: str, settings: ExperimentSettings, seed: int, extras: bool) -> None:
-    import torch
-
     torch.set_num_threads(1)
     experiment = Experiment(output_dir, replace(settings, seeds=(seed,), workers=1))
     experiment.scores_path = os.path.join(experiment.seed_dir(seed), "scores.json")  # one writer per file
@@ -625,8 +623,6 @@ def _run_seed_in_process(output_dir: str, settings: ExperimentSettings, seed: in
 
 
 def _last_checkpoint(directory: str):
-    from transformers.trainer_utils import get_last_checkpoint
-
     return get_last_checkpoint(directory) if os.path.isdir(directory) else None
 
 

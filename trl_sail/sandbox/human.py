@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The simulated human of the sandbox: a known, deterministic score and noisy Bradley-Terry labels.
 
 `SimulatedHuman.score(image, prompt)` reads the image's pixels against the parsed prompt:
@@ -20,6 +34,7 @@ follow Bradley-Terry: with probability `tie_rate` the pair is a tie, otherwise i
 `sigmoid((s_0 - s_1) / temperature)`.
 """
 
+import itertools
 from dataclasses import dataclass
 from functools import cache
 
@@ -96,8 +111,6 @@ _ATTRIBUTE_VALUES = {"size": SIZES, "color": COLORS, "shape": SHAPES, "position"
 @cache
 def _style_assignment(key: tuple[str, ...], seed: int) -> dict[tuple[str, ...], tuple[bool, bool]]:
     """A balanced, seeded assignment of the four (vivid?, sharp?) patterns to every combination of `key`'s values."""
-    import itertools
-
     combinations = list(itertools.product(*(_ATTRIBUTE_VALUES[a] for a in key)))
     patterns = [(True, True), (True, False), (False, True), (False, False)]
     assigned = [patterns[i % 4] for i in range(len(combinations))]

@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """How good is each candidate judge, round by round? The instrument behind SAIL's judge defaults.
 
 For a finished SAIL run in a sandbox world, and for every judge in a list (`trl_sail.judge.JudgeSpec` strings), at
@@ -22,6 +36,15 @@ import os
 
 import numpy as np
 import torch
+from datasets import load_from_disk
+from diffusers import DDIMScheduler, DiffusionPipeline
+
+from ..data import PreferencePairs
+from ..generation import CandidateGenerator, SamplingSettings
+from ..judge import HeldoutExam, JudgeSpec
+from ..models import TextToImageModel, UNetView
+from ..scorer import ImplicitDiffusionRewardScorer
+from .world import SandboxWorld
 
 
 def _se(p: float, n: int) -> float:
@@ -29,16 +52,6 @@ def _se(p: float, n: int) -> float:
 
 
 def study(run_dir: str, world_name: str, judges: list[str], num_prompts: int = 64, exam_pairs: int = 256) -> dict:
-    from datasets import load_from_disk
-    from diffusers import DDIMScheduler, DiffusionPipeline
-
-    from ..data import PreferencePairs
-    from ..generation import CandidateGenerator, SamplingSettings
-    from ..judge import HeldoutExam, JudgeSpec
-    from ..models import TextToImageModel, UNetView
-    from ..scorer import ImplicitDiffusionRewardScorer
-    from .world import SandboxWorld
-
     world = SandboxWorld(world_name, log=None)
     splits = world.splits()
     seed_rows = set(zip(splits.seed["caption"], splits.seed["seed_0"], splits.seed["seed_1"]))

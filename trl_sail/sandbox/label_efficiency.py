@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Can a sandbox world show label efficiency? Diffusion-DPO on the seed set (6%) against the full set (100%), each at
 its best step budget from a small sweep, over several training seeds.
 
@@ -18,17 +32,17 @@ import json
 import math
 import os
 
+from transformers import TrainerCallback
+
+from ..diffusion_dpo_trainer import DiffusionDPOTrainer
 from .experiment import ExperimentSettings, _dpo_config, _mean_se
+from .world import SandboxWorld
 
 
 def train_with_snapshots(
     world, dataset, output_dir: str, budgets: list[int], seed: int, settings, rpo_alpha: float | None = None
 ) -> dict[int, str]:
     """Diffusion-DPO to `max(budgets)` steps, saving a diffusers pipeline at every budget; returns their paths."""
-    from transformers import TrainerCallback
-
-    from ..diffusion_dpo_trainer import DiffusionDPOTrainer
-
     paths = {b: os.path.join(output_dir, f"step_{b}") for b in budgets}
     if all(os.path.isfile(os.path.join(p, "model_index.json")) for p in paths.values()):
         return paths
@@ -54,8 +68,6 @@ def run(
     arms=("6%", "100%"),
     rpo_alpha: float | None = None,
 ) -> dict:
-    from .world import SandboxWorld
-
     world = SandboxWorld(world_name, log=print)
     splits = world.splits()
     datasets = {"6%": splits.seed, "100%": splits.full}

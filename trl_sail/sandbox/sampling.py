@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Sampling sandbox images with fixed seeds: one seed per image, so an image depends on its (prompt, seed) alone."""
 
 from collections.abc import Sequence
@@ -7,13 +21,14 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline
 from PIL import Image
 
+from ..evaluation.report import make_grid as make_padded_grid
+from ..models import load_pipeline as load_diffusion_pipeline
+
 
 def load_pipeline(pipeline_or_path) -> DiffusionPipeline:
-    """A pipeline object from a path (loaded with `DiffusionPipeline.from_pretrained`) or the pipeline itself."""
-    if isinstance(pipeline_or_path, (str, bytes)) or hasattr(pipeline_or_path, "__fspath__"):
-        pipeline = DiffusionPipeline.from_pretrained(str(pipeline_or_path))
-    else:
-        pipeline = pipeline_or_path
+    """A pipeline object from a path (see `trl_sail.models.load_pipeline`) or the pipeline itself, without progress
+    bars."""
+    pipeline = load_diffusion_pipeline(pipeline_or_path)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -74,13 +89,10 @@ def generate_images(
 
 
 def make_grid(images: np.ndarray, columns: int = 8, scale: int = 3, padding: int = 2) -> Image.Image:
-    """Tile `uint8 [N, H, W, 3]` images into one PIL image (row-major), upscaled `scale` times without smoothing."""
+    """Tile `uint8 [N, H, W, 3]` images into one PIL image (row-major, on black), upscaled `scale` times without
+    smoothing."""
     images = np.asarray(images)
-    count, height, width, _ = images.shape
-    rows = -(-count // columns)
-    grid = np.zeros((rows * (height + padding) + padding, columns * (width + padding) + padding, 3), dtype=np.uint8)
-    for index, image in enumerate(images):
-        row, column = divmod(index, columns)
-        top, left = padding + row * (height + padding), padding + column * (width + padding)
-        grid[top : top + height, left : left + width] = image
-    return Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    images = np.concatenate([images, np.zeros((-len(images) % columns, *images.shape[1:]), dtype=np.uint8)])
+    rows = [[Image.fromarray(image) for image in images[i : i + columns]] for i in range(0, len(images), columns)]
+    grid = make_padded_grid(rows, padding=padding, background="black")
+    return grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)

@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Sandbox worlds: a configuration, its pretrained base model (cached on disk), its simulated human and its splits.
 
 ```python
@@ -22,10 +36,11 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from datasets import Dataset, load_from_disk
+from filelock import FileLock
 
 from .evaluate import SandboxEvaluation, evaluate_pipeline
 from .human import SimulatedHuman
@@ -33,11 +48,6 @@ from .preferences import build_preference_dataset
 from .pretrain import bundled_vae_digest, pretrain_pipeline
 from .scenes import all_prompts
 
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
 
 # Bump when the renderer, the pretraining code or the data code changes what a given configuration produces.
 SANDBOX_VERSION = 1
@@ -139,12 +149,13 @@ class SandboxWorldConfig:
     seed: int = 0
     num_inference_steps: int = 20
     guidance_scale: float = 1.5
-    alignment_weight: float = 0.6
-    temperature: float = 0.5
-    tie_rate: float = 0.1
-    taste: str = "global"
-    taste_key: tuple[str, ...] = ("color", "shape")
-    taste_seed: int = 0
+    # The simulated human's fields, with its defaults (`SandboxWorld` passes them on by name).
+    alignment_weight: float = SimulatedHuman.alignment_weight
+    temperature: float = SimulatedHuman.temperature
+    tie_rate: float = SimulatedHuman.tie_rate
+    taste: str = SimulatedHuman.taste
+    taste_key: tuple[str, ...] = SimulatedHuman.taste_key
+    taste_seed: int = SimulatedHuman.taste_seed
     split_seed: int = 0
     num_eval_prompts: int = 100
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
@@ -257,16 +268,10 @@ def default_cache_dir() -> str:
 
 @contextlib.contextmanager
 def _locked(directory: str):
-    """Hold an exclusive lock on `directory/.lock` (a no-op where `fcntl` is unavailable)."""
+    """Hold an exclusive lock on `directory/.lock` (creating `directory`)."""
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, ".lock"), "w") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(os.path.join(directory, ".lock")):
+        yield
 
 
 def _build_atomically(target: str, build) -> str:
@@ -356,14 +361,8 @@ class SandboxWorld:
         self.config = get_world_config(world)
         self.cache_dir = cache_dir or default_cache_dir()
         self.log = log
-        self.human = SimulatedHuman(
-            alignment_weight=self.config.alignment_weight,
-            temperature=self.config.temperature,
-            tie_rate=self.config.tie_rate,
-            taste=self.config.taste,
-            taste_key=tuple(self.config.taste_key),
-            taste_seed=self.config.taste_seed,
-        )
+        human = {field.name: getattr(self.config, field.name) for field in fields(SimulatedHuman)}
+        self.human = SimulatedHuman(**{**human, "taste_key": tuple(self.config.taste_key)})
         prompts = all_prompts()
         prompts = [prompts[i] for i in np.random.default_rng([self.config.split_seed, 0]).permutation(len(prompts))]
         n_eval, n_pool = self.config.num_eval_prompts, self.config.num_pool_prompts

@@ -1,3 +1,17 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Diffusion-DPO training script, in the style of `trl/scripts/dpo.py`.
 
 Full fine-tune of SD1.5 on Pick-a-Pic v2 (the authors' setting: beta 5000, effective batch 2048 pairs on 16 GPUs):
@@ -25,15 +39,23 @@ LoRA on SDXL, from a YAML file whose values are defaults that command-line flags
 trl-sail dpo --config examples/configs/diffusion_dpo_sdxl.yaml --learning_rate 5e-6
 ```
 
-With neither `--model_name_or_path` nor `--dataset_name`, the script trains a tiny pipeline on a tiny preference
-dataset it builds itself (red squares preferred over blue ones): an offline smoke run that needs no download.
+`--model_name_or_path` and `--dataset_name` are required; `--dataset_streaming` reads the dataset as it trains
+(Pick-a-Pic v2 without downloading it first; needs `--max_steps`). The offline sandbox experiment has its own
+command, `trl-sail sandbox`.
 """
 
 import argparse
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
+
+import trl
+from datasets import Dataset, IterableDataset, load_dataset, load_from_disk
+from peft import LoraConfig
+from trl import TrlParser
+
+from ..diffusion_dpo_config import DiffusionDPOConfig
+from ..diffusion_dpo_trainer import DiffusionDPOTrainer
 
 
 logger = logging.getLogger(__name__)
@@ -42,67 +64,51 @@ DEFAULT_LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 @dataclass
-class ScriptArguments:
+class ScriptArguments(trl.ScriptArguments):
     """
-    Arguments of the Diffusion-DPO script that are not training arguments.
+    Arguments of the Diffusion-DPO script that are not training arguments: TRL's [`~trl.ScriptArguments`]
+    (`dataset_name`, `dataset_config`, `dataset_train_split`, `dataset_test_split`, `dataset_streaming`) and:
 
     Parameters:
-        dataset_name (`str`, *optional*):
-            A Hub dataset id, a directory written by `datasets.Dataset.save_to_disk` /
-            `DatasetDict.save_to_disk`, or a local data directory/file for `datasets.load_dataset`. Rows must follow
-            the Pick-a-Pic schema (`caption`, `jpg_0`, `jpg_1`, `label_0`, `label_1`) or the TRL-like one (`prompt`,
-            `chosen`, `rejected`). Without it (and without `model_name_or_path`) a tiny offline demo runs.
-        dataset_config (`str`, *optional*):
-            Dataset configuration name (the `name` argument of `datasets.load_dataset`).
-        dataset_train_split (`str`, *optional*, defaults to `"train"`):
-            Split used for training.
-        dataset_test_split (`str`, *optional*, defaults to `"test"`):
-            Split used for evaluation when `eval_strategy` is not `"no"`.
         max_train_samples (`int`, *optional*):
             Keep only the first this many training rows (quick runs and debugging).
+
+    `dataset_name` is a Hub dataset id, a directory written by `datasets.Dataset.save_to_disk` /
+    `DatasetDict.save_to_disk`, or a local data directory/file for `datasets.load_dataset`. Rows follow the Pick-a-Pic
+    schema (`caption`, `jpg_0`, `jpg_1`, `label_0`, `label_1`) or the TRL-like one (`prompt`, `chosen`, `rejected`).
     """
 
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Hub dataset id, a `save_to_disk` directory, or a local data dir/file."}
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split used for training."})
-    dataset_test_split: str = field(default="test", metadata={"help": "Split used for evaluation."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
 
 
 @dataclass
-class DiffusionModelConfig:
+class DiffusionModelConfig(trl.ModelConfig):
     """
-    Which pipeline to train and how to adapt it (the diffusion counterpart of TRL's `ModelConfig`).
+    Which pipeline to train and how to adapt it: TRL's [`~trl.ModelConfig`] with the defaults of a diffusers UNet.
+
+    The fields are TRL's (`model_name_or_path`, `model_revision`, `dtype`, `use_peft`, `lora_*`, `use_rslora`,
+    `use_dora`); these differ:
 
     Parameters:
-        model_name_or_path (`str`, *optional*):
-            Hub id or local directory of a Stable Diffusion (SD1.5-type or SDXL-type) diffusers pipeline.
-        model_revision (`str`, *optional*, defaults to `"main"`):
-            Branch, tag or commit of the pipeline on the Hub.
+        model_name_or_path (`str`):
+            Hub id or local directory of a Stable Diffusion (SD1.5-type or SDXL-type) diffusers pipeline. Required.
         dtype (`str`, *optional*):
-            Dtype of the frozen VAE and text encoders: `"float32"`, `"float16"`, `"bfloat16"` or `"auto"`. The
-            trained UNet weights stay in float32; use `--bf16` / `--fp16` for mixed precision.
+            Dtype of the frozen VAE and text encoders: `"float32"`, `"float16"`, `"bfloat16"` or `"auto"`; by default
+            the dtype the checkpoint was saved in. The trained UNet weights stay in float32; use `--bf16` / `--fp16`
+            for mixed precision.
         variant (`str`, *optional*):
             Weight variant to load, e.g. `"fp16"`.
-        use_peft (`bool`, *optional*, defaults to `False`):
-            Train LoRA adapters on the UNet instead of all its weights. The reference model is then the same UNet
-            with adapters disabled.
-        lora_r (`int`, *optional*, defaults to `16`):
-            LoRA rank.
         lora_alpha (`int`, *optional*, defaults to `16`):
             LoRA scaling numerator (the update is scaled by `lora_alpha / lora_r`).
         lora_dropout (`float`, *optional*, defaults to `0.0`):
             Dropout on the LoRA input.
         lora_target_modules (`list[str]`, *optional*, defaults to `["to_q", "to_k", "to_v", "to_out.0"]`):
             UNet modules that get adapters: the attention projections by default.
+
+    `lora_task_type` and the language-model options (`attn_implementation`, `load_in_8bit`, `load_in_4bit`, ...) do
+    not apply to a UNet: [`get_peft_config`] builds a task-less `LoraConfig`, and quantized loading is refused.
     """
 
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Hub id or local directory of an SD1.5-type or SDXL-type pipeline."}
-    )
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit on the Hub."})
     dtype: str | None = field(
         default=None,
         metadata={
@@ -111,27 +117,34 @@ class DiffusionModelConfig:
         },
     )
     variant: str | None = field(default=None, metadata={"help": "Weight variant, e.g. 'fp16'."})
-    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the full UNet."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
+    lora_target_modules: list[str] | None = field(
         default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES),
         metadata={"help": "UNet modules that get LoRA adapters."},
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.load_in_8bit or self.load_in_4bit:
+            raise ValueError("load_in_8bit/load_in_4bit are not supported for diffusers pipelines: leave them off.")
+        # TRL's `ModelConfig` turns a one-module list into a string, which PEFT would read as a regular expression.
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [self.lora_target_modules]
 
 
 def get_peft_config(model_args: DiffusionModelConfig):
     """A UNet `LoraConfig` (no `task_type`: TRL's `get_peft_config` assumes a causal LM), or `None`."""
     if not model_args.use_peft:
         return None
-    from peft import LoraConfig
-
     return LoraConfig(
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
-        target_modules=list(model_args.lora_target_modules),
+        target_modules=list(model_args.lora_target_modules or DEFAULT_LORA_TARGET_MODULES),
+        modules_to_save=model_args.lora_modules_to_save,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
         init_lora_weights="gaussian",
     )
 
@@ -146,41 +159,44 @@ def apply_model_init_kwargs(model_args: DiffusionModelConfig, training_args) -> 
 
 
 def load_preference_dataset(script_args: ScriptArguments):
-    """The `DatasetDict` (or `Dataset`) named by `dataset_name`: a `save_to_disk` directory, or `load_dataset`."""
-    from datasets import load_dataset, load_from_disk
-
+    """The `DatasetDict` (or `Dataset`) named by `dataset_name`: a `save_to_disk` directory, or `load_dataset`
+    (streamed, as an `IterableDatasetDict`, with `dataset_streaming`)."""
     name = script_args.dataset_name
     is_saved = os.path.isdir(name) and any(
         os.path.isfile(os.path.join(name, marker)) for marker in ("dataset_info.json", "dataset_dict.json")
     )
     if is_saved:
+        # Memory-mapped from disk already: `dataset_streaming` has nothing to save here.
         return load_from_disk(name)
-    return load_dataset(name, name=script_args.dataset_config)
+    return load_dataset(name, name=script_args.dataset_config, streaming=script_args.dataset_streaming)
 
 
-def build_demo(directory: str):
-    """The offline default: a tiny SD1.5-type pipeline and 32 pairs where red squares beat blue ones."""
-    import numpy as np
-    from datasets import Dataset
-    from PIL import Image
+def train_split(script_args: ScriptArguments, dataset):
+    """The `--dataset_train_split` of a loaded dataset (a dict of splits, or one split), cut to `--max_train_samples`."""
+    if isinstance(dataset, (Dataset, IterableDataset)):
+        train = dataset
+    elif script_args.dataset_train_split in dataset:
+        train = dataset[script_args.dataset_train_split]
+    else:
+        raise ValueError(
+            f"The dataset has splits {sorted(dataset)}, not {script_args.dataset_train_split!r}. Pick one with "
+            "--dataset_train_split."
+        )
+    if script_args.max_train_samples is None:
+        return train
+    if isinstance(train, IterableDataset):
+        return train.take(script_args.max_train_samples)
+    return train.select(range(min(script_args.max_train_samples, len(train))))
 
-    from trl_sail.tiny import build_tiny_pipeline
 
-    model_path = build_tiny_pipeline(os.path.join(directory, "tiny-sd15"), kind="sd15")
-    rng = np.random.default_rng(0)
-
-    def square(colour):
-        pixels = np.asarray(colour, dtype=np.float64) + rng.normal(0, 20, (32, 32, 3))
-        return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
-
-    dataset = Dataset.from_dict(
-        {
-            "prompt": ["a square"] * 32,
-            "chosen": [square((200, 50, 50)) for _ in range(32)],
-            "rejected": [square((50, 50, 200)) for _ in range(32)],
-        }
-    )
-    return model_path, dataset
+def require_arguments(**values) -> None:
+    """Stop, naming the flag, when a required argument is missing (as TRL's scripts do)."""
+    missing = [f"--{name}" for name, value in values.items() if value is None]
+    if missing:
+        raise ValueError(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required. (The offline sandbox "
+            "experiment, which needs neither, is `trl-sail sandbox`.)"
+        )
 
 
 def main(script_args: ScriptArguments, training_args, model_args: DiffusionModelConfig):
@@ -188,36 +204,12 @@ def main(script_args: ScriptArguments, training_args, model_args: DiffusionModel
 
     Returns the trainer.
     """
-    from datasets import Dataset, DatasetDict
-
-    from trl_sail import DiffusionDPOTrainer
-
     model = model_args.model_name_or_path
-    if model is None and script_args.dataset_name is None:
-        demo_dir = tempfile.mkdtemp(prefix="trl_sail_demo_")
-        logger.warning(
-            f"No --model_name_or_path and no --dataset_name: training the built-in tiny demo (model in {demo_dir}). "
-            "Pass both to train a real model."
-        )
-        model, dataset = build_demo(demo_dir)
-        dataset = DatasetDict({script_args.dataset_train_split: dataset})
-    elif model is None or script_args.dataset_name is None:
-        missing = "--model_name_or_path" if model is None else "--dataset_name"
-        raise ValueError(
-            f"{missing} is missing: give both a pipeline and a preference dataset (or neither, for the demo)."
-        )
-    else:
-        dataset = load_preference_dataset(script_args)
-    if isinstance(dataset, Dataset):
-        dataset = DatasetDict({script_args.dataset_train_split: dataset})
-    if script_args.dataset_train_split not in dataset:
-        raise ValueError(
-            f"The dataset has splits {sorted(dataset)}, not {script_args.dataset_train_split!r}. Pick one with "
-            "--dataset_train_split."
-        )
-    train_dataset = dataset[script_args.dataset_train_split]
-    if script_args.max_train_samples is not None:
-        train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
+    require_arguments(model_name_or_path=model, dataset_name=script_args.dataset_name)
+    dataset = load_preference_dataset(script_args)
+    if isinstance(dataset, (Dataset, IterableDataset)):
+        dataset = {script_args.dataset_train_split: dataset}
+    train_dataset = train_split(script_args, dataset)
     eval_dataset = None
     if training_args.eval_strategy != "no":
         if script_args.dataset_test_split not in dataset:
@@ -249,10 +241,6 @@ def main(script_args: ScriptArguments, training_args, model_args: DiffusionModel
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     """The script's `TrlParser`, or its `dpo` sub-command when `subparsers` is given (for the `trl-sail` CLI, whose
     sub-parsers are created with `parser_class=TrlParser`)."""
-    from trl import TrlParser
-
-    from trl_sail import DiffusionDPOConfig
-
     dataclass_types = (ScriptArguments, DiffusionDPOConfig, DiffusionModelConfig)
     if subparsers is not None:
         return subparsers.add_parser(

@@ -1,8 +1,21 @@
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The SAIL script: `trl-sail sail [--config file.yaml] [flags]` or `python examples/scripts/sail.py ...`.
 
-With a model and a seed dataset it runs `SAILTrainer`. With neither it runs the built-in offline sandbox experiment
-(`trl_sail.sandbox.experiment`): base model, Diffusion-DPO on 6% and on 100% of the labels, and SAIL rounds, with a
-report in `output_dir`.
+It runs `SAILTrainer` on a model (`--model_name_or_path`) and a human seed dataset (`--dataset_name`), both required.
+The offline sandbox experiment has its own command, `trl-sail sandbox` (`trl_sail.scripts.sandbox`).
 """
 
 import argparse
@@ -10,23 +23,33 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from .diffusion_dpo import DiffusionModelConfig, apply_model_init_kwargs, get_peft_config, load_preference_dataset
+from datasets import DatasetDict, IterableDataset
+from trl import TrlParser
+
+from ..sail_config import SAILConfig
+from ..sail_trainer import SAILTrainer, build_seed_split
+from .diffusion_dpo import (
+    DiffusionModelConfig,
+    ScriptArguments,
+    apply_model_init_kwargs,
+    get_peft_config,
+    load_preference_dataset,
+    require_arguments,
+    train_split,
+)
 
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SAILScriptArguments:
+class SAILScriptArguments(ScriptArguments):
     """
-    Arguments of the SAIL script that are not training arguments.
+    Arguments of the SAIL script that are not training arguments: TRL's [`~trl.ScriptArguments`] (`dataset_name`
+    is the human preference dataset: Hub id, `save_to_disk` directory, or local data files, Pick-a-Pic or TRL-like
+    schema; required) and:
 
     Parameters:
-        dataset_name (`str`, *optional*):
-            The human preference dataset (Hub id, `save_to_disk` directory, or local data files), Pick-a-Pic or
-            TRL-like schema. Without it and without `model_name_or_path`, the sandbox experiment runs.
-        dataset_config (`str`, *optional*): Dataset configuration name.
-        dataset_train_split (`str`, *optional*, defaults to `"train"`): Split holding the pairs.
         seed_size (`int`, *optional*):
             Build the paper's setup from a Pick-a-Pic-schema dataset: a seeded subsample of this many non-tied pairs
             is the human seed set, and the remaining captions are the prompt pool (unless `prompt_dataset_name`).
@@ -36,32 +59,12 @@ class SAILScriptArguments:
         prompt_dataset_split (`str`, *optional*, defaults to `"train"`): Split of `prompt_dataset_name`.
         eval_prompts_file (`str`, *optional*):
             A text file of evaluation prompts (one per line), removed from the prompt pool and used by `eval_scorers`.
-        sandbox_world (`str`, *optional*):
-            Sandbox only: a registered world (`trl_sail.sandbox.WORLDS`); by default the experiment's world
-            (`ExperimentSettings.world`, the documented experiment); `"test"` is a smaller world for CI.
-        sandbox_seeds (`list[int]`, *optional*, defaults to `[0, 1, 2]`):
-            Sandbox only: training seeds; every arm is trained once per seed and reported with the standard error
-            across seeds.
-        sandbox_workers (`int`, *optional*, defaults to `3`):
-            Sandbox only: training seeds run in this many parallel processes (one torch thread each).
-        sandbox_extras (`bool`, *optional*, defaults to `False`):
-            Sandbox only: also run the ablations (no mixup, random pairs, each judge) and the online-DPO baseline on the
-            first seed.
     """
 
-    dataset_name: str | None = field(default=None, metadata={"help": "Human preference pairs (seed set)."})
-    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split holding the pairs."})
     seed_size: int | None = field(default=None, metadata={"help": "Subsample this many pairs as the seed set."})
     prompt_dataset_name: str | None = field(default=None, metadata={"help": "Prompts for the self rounds."})
     prompt_dataset_split: str = field(default="train", metadata={"help": "Split of the prompt dataset."})
     eval_prompts_file: str | None = field(default=None, metadata={"help": "Evaluation prompts, one per line."})
-    sandbox_world: str | None = field(
-        default=None, metadata={"help": "Sandbox: the world (default: the experiment's)."}
-    )
-    sandbox_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Sandbox: training seeds."})
-    sandbox_workers: int = field(default=3, metadata={"help": "Sandbox: seeds run in this many processes."})
-    sandbox_extras: bool = field(default=False, metadata={"help": "Sandbox: also run ablations and baselines."})
 
 
 def _read_lines(path: str) -> list[str]:
@@ -73,43 +76,20 @@ def load_prompts(name: str, split: str):
     """Prompts from a text file (one per line) or a dataset with a `prompt`/`caption` column."""
     if os.path.isfile(name) and name.endswith(".txt"):
         return _read_lines(name)
-    from datasets import DatasetDict
-
-    from .diffusion_dpo import ScriptArguments
-
     dataset = load_preference_dataset(ScriptArguments(dataset_name=name))
     return dataset[split] if isinstance(dataset, DatasetDict) else dataset
 
 
 def main(script_args: SAILScriptArguments, training_args, model_args: DiffusionModelConfig):
-    """Run SAIL (or, with no model and no dataset, the sandbox experiment). Returns the trainer or the report."""
-    from datasets import DatasetDict
-
-    from trl_sail import SAILTrainer, build_seed_split
-
-    if model_args.model_name_or_path is None and script_args.dataset_name is None:
-        from trl_sail.sandbox.experiment import run_experiment
-
-        return run_experiment(
-            output_dir=training_args.output_dir,
-            world=script_args.sandbox_world,
-            extras=script_args.sandbox_extras,
-            seeds=tuple(script_args.sandbox_seeds),
-            workers=script_args.sandbox_workers,
-        )
-    if model_args.model_name_or_path is None or script_args.dataset_name is None:
-        missing = "--model_name_or_path" if model_args.model_name_or_path is None else "--dataset_name"
-        raise ValueError(f"{missing} is missing: give both a model and a seed dataset (or neither, for the sandbox).")
-
-    dataset = load_preference_dataset(script_args)
-    if isinstance(dataset, DatasetDict):
-        if script_args.dataset_train_split not in dataset:
-            raise ValueError(
-                f"The dataset has splits {sorted(dataset)}, not {script_args.dataset_train_split!r}: pick one with "
-                "--dataset_train_split."
-            )
-        dataset = dataset[script_args.dataset_train_split]
+    """Run SAIL. Returns the trainer."""
+    require_arguments(model_name_or_path=model_args.model_name_or_path, dataset_name=script_args.dataset_name)
+    dataset = train_split(script_args, load_preference_dataset(script_args))
     prompts = None
+    if script_args.seed_size is not None and isinstance(dataset, IterableDataset):
+        raise ValueError(
+            "--seed_size draws a random subsample of the whole dataset, which a streamed one cannot give: drop "
+            "--dataset_streaming, or take the first rows with --max_train_samples."
+        )
     if script_args.seed_size is not None:
         dataset, prompts = build_seed_split(dataset, script_args.seed_size, seed=training_args.seed)
     if script_args.prompt_dataset_name is not None:
@@ -132,10 +112,6 @@ def main(script_args: SAILScriptArguments, training_args, model_args: DiffusionM
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     """The script's `TrlParser`, or its `sail` sub-command of the `trl-sail` CLI."""
-    from trl import TrlParser
-
-    from trl_sail import SAILConfig
-
     dataclass_types = (SAILScriptArguments, SAILConfig, DiffusionModelConfig)
     if subparsers is not None:
         return subparsers.add_parser(

@@ -1,8 +1,23 @@
-"""A file-backed stand-in for `huggingface_hub.HfApi`, for offline runs and tests.
+# Copyright 2026 The trl_sail Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 
-`LocalHubApi(root)` stores every (repo, revision) as a directory `root/<repo_id>/<revision>/`, so
+"""A file-backed stand-in for `huggingface_hub.HfApi`, for tests.
+
+`LocalHubApi(root)` stores every (repo, revision) as a directory `root/<repo_type>/<repo_id>/<revision>/`, so
 `DiffusionPipeline.from_pretrained(api.local_path(repo_id, "round-1"))` loads what was pushed to branch `round-1`.
-Pass it as `hub_api=` to `DiffusionDPOTrainer` or `SAILTrainer`.
+`use_local_hub(monkeypatch, root)` makes the product's Hub client (`trl_sail.artifacts.HfApi`, the one place it is
+built) this stand-in.
 """
 
 import os
@@ -65,3 +80,10 @@ class LocalHubApi:
                 os.makedirs(os.path.dirname(os.path.join(target, relative)), exist_ok=True)
                 shutil.copy2(source, os.path.join(target, relative))
         self.uploads.append((repo_type or "model", repo_id, revision))
+
+
+def use_local_hub(monkeypatch, root: str) -> LocalHubApi:
+    """Replace the Hub client trl_sail builds by one `LocalHubApi(root)`, returned (its `uploads` list every push)."""
+    hub = LocalHubApi(root)
+    monkeypatch.setattr("trl_sail.artifacts.HfApi", lambda *args, **kwargs: hub)
+    return hub
