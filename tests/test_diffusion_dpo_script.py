@@ -94,6 +94,17 @@ def test_script_without_model_or_dataset_stops_naming_the_missing_argument(tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_the_console_script_reports_a_missing_argument_as_a_usage_error(tmp_path, capsys):
+    """`trl-sail sail` without a model: one line on stderr naming the flag and exit status 2, no traceback."""
+    status = cli.main(["sail", "--dataset_name", "some/dataset", "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.strip().splitlines() == [
+        "trl-sail sail: error: --model_name_or_path is required. (The offline sandbox experiment, which needs neither, "
+        "is `trl-sail sandbox`.)"
+    ]
+
+
 def test_cli_lists_installed_commands_and_skips_missing_ones(monkeypatch, capsys):
     monkeypatch.setattr(cli, "COMMANDS", cli.COMMANDS + (("later", "trl_sail.scripts.not_written_yet"),))
     parser, commands = cli.build_parser()

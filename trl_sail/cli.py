@@ -26,6 +26,8 @@ import sys
 
 from trl import TrlParser
 
+from .scripts.diffusion_dpo import MissingArgumentError
+
 
 # (sub-command, module). Modules that are not installed (yet) are left out of the command list.
 COMMANDS = (
@@ -82,7 +84,13 @@ def run(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point (its return value is the exit status)."""
-    run(argv)
+    try:
+        run(argv)
+    except MissingArgumentError as error:
+        # As argparse reports a missing flag: one line on stderr and status 2, before any model or data is loaded.
+        command = (list(sys.argv[1:] if argv is None else argv) or ["?"])[0]
+        print(f"trl-sail {command}: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -189,11 +189,15 @@ def train_split(script_args: ScriptArguments, dataset):
     return train.select(range(min(script_args.max_train_samples, len(train))))
 
 
+class MissingArgumentError(ValueError):
+    """A required flag is missing; the console script prints it as a usage error (exit status 2), not a traceback."""
+
+
 def require_arguments(**values) -> None:
     """Stop, naming the flag, when a required argument is missing (as TRL's scripts do)."""
     missing = [f"--{name}" for name, value in values.items() if value is None]
     if missing:
-        raise ValueError(
+        raise MissingArgumentError(
             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required. (The offline sandbox "
             "experiment, which needs neither, is `trl-sail sandbox`.)"
         )
