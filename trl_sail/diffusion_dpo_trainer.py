@@ -52,6 +52,7 @@ from .models import (
     freeze,
     load_pipeline,
     mixed_precision_dtype,
+    model_for_pipeline,
     resolve_dtype,
     set_trained_unet_precision,
 )
@@ -235,7 +236,11 @@ class DiffusionDPOTrainer(Trainer):
         if isinstance(ref_model, UNetView):
             return ref_model
         if ref_model is not None:
-            ref_unet = load_pipeline(ref_model).unet if not isinstance(ref_model, torch.nn.Module) else ref_model
+            ref_unet = (
+                ref_model
+                if isinstance(ref_model, torch.nn.Module)
+                else model_for_pipeline(load_pipeline(ref_model)).denoiser
+            )
             if is_peft_unet(unet) and args.reference_adapter_name is None:
                 logger.warning("A separate ref_model was given with PEFT: two UNets will be held in memory.")
             return freeze(ref_unet, frozen_dtype, copy_weights=False)

@@ -67,6 +67,7 @@ from .models import (
     freeze,
     load_pipeline,
     mixed_precision_dtype,
+    model_for_pipeline,
     resolve_dtype,
     set_trained_unet_precision,
 )
@@ -226,7 +227,8 @@ class SAILTrainer:
         )
         self.pipeline.to(self.state.device)
         self.pipeline.set_progress_bar_config(disable=True)
-        unet = self.pipeline.unet
+        self.family = model_for_pipeline(self.pipeline)  # SD1.5-type, SDXL-type, ...: every family-specific step
+        unet = self.family.denoiser
         self.unet = unet
         # The precision rule (see `trl_sail.models`): trained weights in float32 from the start (so that a finished
         # round reloads into float32 weights), every frozen copy in `frozen_dtype`, every forward under one autocast.
@@ -245,7 +247,7 @@ class SAILTrainer:
         self.policy = UNetView(unet, POLICY_ADAPTER) if self.is_lora else UNetView(unet)
         # The pre-DPO base. LoRA: the UNet with adapters off (SAIL*: a separate UNet, the aligned one is the anchor).
         if args.start_from_aligned:
-            base_unet = load_pipeline(args.judge_base_model, **init_kwargs).unet
+            base_unet = model_for_pipeline(load_pipeline(args.judge_base_model, **init_kwargs)).denoiser
             self.base = freeze(base_unet.to(self.state.device), self.frozen_dtype, copy_weights=False)
         elif self.is_lora:
             self.base = UNetView(unet, "disabled")
@@ -377,8 +379,8 @@ class SAILTrainer:
         if self.heldout_pairs is None or len(self.heldout_pairs) == 0:
             return None
         if getattr(self, "_heldout_exam", None) is None:
-            resolution = self.args.resolution or self.unet.config.sample_size * self.pipeline.vae_scale_factor
-            model = TextToImageModel(self.pipeline)
+            resolution = self.args.resolution or self.family.default_resolution
+            model = model_for_pipeline(self.pipeline)
             self._heldout_exam = HeldoutExam(self.heldout_pairs, model, resolution, seed=self.args.seed + EXAM_SEED)
         return self._heldout_exam
 
