@@ -38,7 +38,6 @@ from dataclasses import fields
 
 from accelerate import PartialState
 from datasets import Dataset
-from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.training_utils import free_memory
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import set_seed
@@ -60,7 +59,6 @@ from .generation import CandidateGenerator, SamplingSettings
 from .judge import HeldoutExam, JudgeSpec, judge_unproven
 from .mixup import MixedPreferenceDataset, MixupPreferenceCollator, build_mixup_dataloader, num_optimizer_steps_for
 from .models import (
-    TextToImageModel,
     UNetView,
     check_precision,
     denoiser_in_pipeline,
@@ -228,6 +226,9 @@ class SAILTrainer:
         self.pipeline.to(self.state.device)
         self.pipeline.set_progress_bar_config(disable=True)
         self.family = model_for_pipeline(self.pipeline)  # SD1.5-type, SDXL-type, ...: every family-specific step
+        self.family.sampling_scheduler(args.sampling_scheduler)  # refuses a sampler the family cannot use, now
+        # The error weighting of the loss is also the judge's and the exam's (and is checked against the family now).
+        self.family.set_timestep_sampling(args.timestep_sampling(self.family.default_timestep_density))
         unet = self.family.denoiser
         self.unet = unet
         # The precision rule (see `trl_sail.models`): trained weights in float32 from the start (so that a finished
@@ -235,6 +236,7 @@ class SAILTrainer:
         self.frozen_dtype = resolve_dtype(init_kwargs.get("torch_dtype", init_kwargs.get("dtype"))) or unet.dtype
         self.autocast_dtype = mixed_precision_dtype(args)
         check_precision(self.frozen_dtype, self.autocast_dtype)
+        peft_config = self.family.with_lora_targets(peft_config)
         self.is_lora = peft_config is not None or is_peft_unet(unet)
         if peft_config is not None:
             unet.requires_grad_(False)
@@ -255,7 +257,7 @@ class SAILTrainer:
             self.base = freeze(unet, self.frozen_dtype)
         self.anchor: UNetView | None = None
         # Round directories, resume state, self pairs and publishing (the Hub's `round-i` branches and `main`).
-        self.rounds = RoundStore(args, self.base_model_id, self.is_lora, POLICY_ADAPTER)
+        self.rounds = RoundStore(args, self.base_model_id, self.is_lora, POLICY_ADAPTER, self.family.denoiser_name)
         # Scorers run after every round: built now, so a missing scorer model fails before any training.
         self.eval_scorers = {}
         if args.eval_scorers:
@@ -264,6 +266,118 @@ class SAILTrainer:
             )
         # One tracker run for the whole SAIL run (`report_to`): every DPO phase logs into it on one step axis.
         self.trackers = RunTrackers(args)
+
+    # ------------------------------------------------------------------ the loop (the paper's algorithm box)
+    def train(self) -> list[dict]:
+        args = self.args
+        os.makedirs(args.output_dir, exist_ok=True)
+        start = time.time()
+        self.trackers.begin()
+        try:
+            self._train_rounds()
+        finally:
+            # Close the tracker run even on a crash, so what was logged is flushed (a rerun resumes in a new run).
+            self.trackers.end()
+        if self.state.is_main_process:
+            self._write_summary_table(time.time() - start)
+        return self.summaries
+
+    def _train_rounds(self) -> None:
+        args = self.args
+        # Round 0: the anchor.
+        if args.start_from_aligned:
+            logger.info("SAIL*: the given model is the anchor; round 0 is skipped.")
+        elif self.rounds.is_finished(0):
+            self.rounds.load_round_weights(0, self.unet)
+        else:
+            self._run_round(0)
+        self.anchor = (
+            self._freeze_current_as(ANCHOR_ADAPTER) if not args.start_from_aligned else self._aligned_anchor()
+        )
+        if self.rounds.is_finished(0):
+            self.summaries.append(self.rounds.read_summary(0))
+            self.rounds.publish(0, self.best_round())
+        for i in range(1, args.num_rounds + 1):
+            if self.rounds.is_finished(i):
+                self.rounds.load_round_weights(i, self.unet)
+            elif not self._run_round(i):
+                break  # no self pair could be formed (logged, and in the summaries): nothing left to train on
+            self.summaries.append(self.rounds.read_summary(i))
+            self.rounds.publish(i, self.best_round())
+            if self._base_no_longer_needed(i):
+                self.base = None  # free its memory (a full fine-tune's frozen copy)
+            if self._should_stop_early():
+                break
+        best = self.best_round()
+        if best is not None and args.select_best_round and best != self.summaries[-1]["round"]:
+            # The trainer's model is the selected round, as `main` and `output_dir/best` are.
+            self.rounds.load_round_weights(best, self.unet)
+            logger.info(f"Round {best} is the best by the held-out criterion: it is the trainer's final model.")
+
+    def _run_round(self, i: int) -> bool:
+        """Run round i and write it; `False` (nothing written) when no self pair could be formed."""
+        args = self.args
+        timings = {}
+        info: dict = {
+            "round": i,
+            "judge": args.judge if self.external_judge is None else "external",
+            "num_seed_pairs_on_eval_prompts_dropped": self.num_seed_pairs_on_eval_prompts,
+        }
+        if self.heldout_pairs is not None:
+            info["num_heldout_pairs"] = len(self.heldout_pairs)
+        if i == 0:
+            train_dataset, reference = self.seed_pairs, self.base
+            max_steps = args.max_steps
+            info.update(num_seed_pairs=len(self.seed_pairs), num_self_pairs=0)
+        else:
+            # The model at the start of the round, frozen: the judge's current model and the round's DPO reference.
+            reference = self._freeze_current_as(REFERENCE_ADAPTER)
+            t = time.time()
+            judge = None
+            if self.external_judge is None:
+                spec, exam_report = self._choose_judge(i, reference)
+                info.update(judge=str(spec), **exam_report)
+                unproven = self._unproven_judge(i, info)
+                if unproven:
+                    logger.warning(unproven)
+                    self.summaries.append({**info, "stopped": unproven, "timings": timings})
+                    self._log_round(i, self.summaries[-1])
+                    return False
+                judge = self._scorer(i, spec, reference, seed=args.seed + i)
+            timings["judge_exam_s"] = round(time.time() - t, 2)
+            t = time.time()
+            self_pairs_dataset, num_tied = self._generate(i, judge or self.external_judge)
+            timings["generation_and_judging_s"] = round(time.time() - t, 2)
+            info.update(self._monitor(i, self_pairs_dataset, num_tied, info))
+            if len(self_pairs_dataset) == 0:
+                reason = (
+                    f"round {i}: the candidates of every prompt tied, so no self pair was formed (collapse). The "
+                    f"rounds stop here; round {i - 1} is the last one written."
+                )
+                logger.warning(reason)
+                self.summaries.append({**info, "stopped": reason, "timings": timings})
+                self._log_round(i, self.summaries[-1])
+                return False
+            self_pairs = PreferencePairs(self_pairs_dataset, SOURCE_SELF, name=f"round {i} self pairs")
+            train_dataset = MixedPreferenceDataset(self.seed_pairs, self_pairs)
+            max_steps = self._self_round_steps(len(self_pairs))
+            info.update(num_seed_pairs=len(self.seed_pairs) if self.seed_pairs else 0, num_self_pairs=len(self_pairs))
+        t = time.time()
+        metrics = self._train_dpo(i, train_dataset, reference, max_steps)
+        timings["dpo_s"] = round(time.time() - t, 2)
+        del reference  # a full fine-tune's frozen copy of the round's start: not needed by the next round
+        t = time.time()
+        info.update(self._policy_exam())
+        timings["policy_exam_s"] = round(time.time() - t, 2)
+        self._warn_if_worse(i, info)
+        info.update(metrics=metrics, timings=timings)
+        if self.eval_scorers:
+            t = time.time()
+            info["eval"] = self.evaluate_round()
+            timings["evaluation_s"] = round(time.time() - t, 2)
+        self._write_round(i, info)
+        self._log_round(i, info)
+        return True
 
     # ------------------------------------------------------------------ prompts
     def _plan_prompts(self, prompt_dataset, seed_dataset) -> list[list[tuple[int, str]]]:
@@ -327,61 +441,15 @@ class SAILTrainer:
             return current, self.anchor
         return current, self.base
 
-    # ------------------------------------------------------------------ the loop
-    def train(self) -> list[dict]:
-        args = self.args
-        os.makedirs(args.output_dir, exist_ok=True)
-        start = time.time()
-        self.trackers.begin()
-        try:
-            self._train_rounds()
-        finally:
-            # Close the tracker run even on a crash, so what was logged is flushed (a rerun resumes in a new run).
-            self.trackers.end()
-        if self.state.is_main_process:
-            self._write_summary_table(time.time() - start)
-        return self.summaries
-
-    def _train_rounds(self) -> None:
-        args = self.args
-        # Round 0: the anchor.
-        if args.start_from_aligned:
-            logger.info("SAIL*: the given model is the anchor; round 0 is skipped.")
-        elif self.rounds.is_finished(0):
-            self.rounds.load_round_weights(0, self.unet)
-        else:
-            self._run_round(0)
-        self.anchor = (
-            self._freeze_current_as(ANCHOR_ADAPTER) if not args.start_from_aligned else self._aligned_anchor()
-        )
-        if self.rounds.is_finished(0):
-            self.summaries.append(self.rounds.read_summary(0))
-            self.rounds.publish(0, self.best_round())
-        for i in range(1, args.num_rounds + 1):
-            if self.rounds.is_finished(i):
-                self.rounds.load_round_weights(i, self.unet)
-            elif not self._run_round(i):
-                break  # no self pair could be formed (logged, and in the summaries): nothing left to train on
-            self.summaries.append(self.rounds.read_summary(i))
-            self.rounds.publish(i, self.best_round())
-            if self._base_no_longer_needed(i):
-                self.base = None  # free its memory (a full fine-tune's frozen copy)
-            if self._should_stop_early():
-                break
-        best = self.best_round()
-        if best is not None and args.select_best_round and best != self.summaries[-1]["round"]:
-            # The trainer's model is the selected round, as `main` and `output_dir/best` are.
-            self.rounds.load_round_weights(best, self.unet)
-            logger.info(f"Round {best} is the best by the held-out criterion: it is the trainer's final model.")
-
     # ------------------------------------------------------------------ held-out exam, best round, stopping
     def _exam(self) -> "HeldoutExam | None":
         if self.heldout_pairs is None or len(self.heldout_pairs) == 0:
             return None
         if getattr(self, "_heldout_exam", None) is None:
             resolution = self.args.resolution or self.family.default_resolution
-            model = model_for_pipeline(self.pipeline)
-            self._heldout_exam = HeldoutExam(self.heldout_pairs, model, resolution, seed=self.args.seed + EXAM_SEED)
+            self._heldout_exam = HeldoutExam(
+                self.heldout_pairs, self.family, resolution, seed=self.args.seed + EXAM_SEED
+            )
         return self._heldout_exam
 
     def _scorer(self, i: int, spec: JudgeSpec, current: UNetView, seed: int) -> ImplicitDiffusionRewardScorer:
@@ -389,7 +457,7 @@ class SAILTrainer:
         return ImplicitDiffusionRewardScorer(
             policy,
             reference,
-            TextToImageModel(self.pipeline),
+            self.family,
             beta=self.args.beta,
             num_draws=self.args.num_reward_draws,
             max_batch_size=self.args.scoring_batch_size,
@@ -489,71 +557,6 @@ class SAILTrainer:
         if self.is_lora:
             return UNetView(self.unet, "disabled")
         return freeze(self.unet, self.frozen_dtype)
-
-    def _run_round(self, i: int) -> bool:
-        """Run round i and write it; `False` (nothing written) when no self pair could be formed."""
-        args = self.args
-        timings = {}
-        info: dict = {
-            "round": i,
-            "judge": args.judge if self.external_judge is None else "external",
-            "num_seed_pairs_on_eval_prompts_dropped": self.num_seed_pairs_on_eval_prompts,
-        }
-        if self.heldout_pairs is not None:
-            info["num_heldout_pairs"] = len(self.heldout_pairs)
-        if i == 0:
-            train_dataset, reference = self.seed_pairs, self.base
-            max_steps = args.max_steps
-            info.update(num_seed_pairs=len(self.seed_pairs), num_self_pairs=0)
-        else:
-            # The model at the start of the round, frozen: the judge's current model and the round's DPO reference.
-            reference = self._freeze_current_as(REFERENCE_ADAPTER)
-            t = time.time()
-            judge = None
-            if self.external_judge is None:
-                spec, exam_report = self._choose_judge(i, reference)
-                info.update(judge=str(spec), **exam_report)
-                unproven = self._unproven_judge(i, info)
-                if unproven:
-                    logger.warning(unproven)
-                    self.summaries.append({**info, "stopped": unproven, "timings": timings})
-                    self._log_round(i, self.summaries[-1])
-                    return False
-                judge = self._scorer(i, spec, reference, seed=args.seed + i)
-            timings["judge_exam_s"] = round(time.time() - t, 2)
-            t = time.time()
-            self_pairs_dataset, num_tied = self._generate(i, judge or self.external_judge)
-            timings["generation_and_judging_s"] = round(time.time() - t, 2)
-            info.update(self._monitor(i, self_pairs_dataset, num_tied, info))
-            if len(self_pairs_dataset) == 0:
-                reason = (
-                    f"round {i}: the candidates of every prompt tied, so no self pair was formed (collapse). The "
-                    f"rounds stop here; round {i - 1} is the last one written."
-                )
-                logger.warning(reason)
-                self.summaries.append({**info, "stopped": reason, "timings": timings})
-                self._log_round(i, self.summaries[-1])
-                return False
-            self_pairs = PreferencePairs(self_pairs_dataset, SOURCE_SELF, name=f"round {i} self pairs")
-            train_dataset = MixedPreferenceDataset(self.seed_pairs, self_pairs)
-            max_steps = self._self_round_steps(len(self_pairs))
-            info.update(num_seed_pairs=len(self.seed_pairs) if self.seed_pairs else 0, num_self_pairs=len(self_pairs))
-        t = time.time()
-        metrics = self._train_dpo(i, train_dataset, reference, max_steps)
-        timings["dpo_s"] = round(time.time() - t, 2)
-        del reference  # a full fine-tune's frozen copy of the round's start: not needed by the next round
-        t = time.time()
-        info.update(self._policy_exam())
-        timings["policy_exam_s"] = round(time.time() - t, 2)
-        self._warn_if_worse(i, info)
-        info.update(metrics=metrics, timings=timings)
-        if self.eval_scorers:
-            t = time.time()
-            info["eval"] = self.evaluate_round()
-            timings["evaluation_s"] = round(time.time() - t, 2)
-        self._write_round(i, info)
-        self._log_round(i, info)
-        return True
 
     def _self_round_steps(self, num_self: int) -> int:
         args = self.args
@@ -692,9 +695,7 @@ class SAILTrainer:
             prompts_per_batch=args.generation_batch_size,
         )
         original_scheduler = self.pipeline.scheduler
-        if args.sampling_scheduler is not None:
-            scheduler_class = DDPMScheduler if args.sampling_scheduler == "ddpm" else DDIMScheduler
-            self.pipeline.scheduler = scheduler_class.from_config(original_scheduler.config)
+        self.pipeline.scheduler = self.family.sampling_scheduler(args.sampling_scheduler)
         try:
             with self.policy.active() as generator_unet:
                 CandidateGenerator(
