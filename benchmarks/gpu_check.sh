@@ -2,7 +2,8 @@
 # The GPU benchmark rows at SD1.5 size (860M-parameter UNet, 512 px, random weights), on one GPU, in < 8 minutes
 # on an H100: (1) Diffusion-DPO step / plain fine-tune step (full, LoRA, +checkpointing; bf16 autocast as
 # Trainer.train applies it), (2) scorer / bare UNet forwards at the best batch size, (4) peak GPU memory of LoRA
-# Diffusion-DPO / LoRA plain fine-tune (fresh process each). With time left: generation and caching rows.
+# Diffusion-DPO / LoRA plain fine-tune (fresh process each). With time left: the SD3.5-Medium-size DPO row
+# (2.5B transformer), generation and caching rows.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # results in OUT_DIR (default: $OUT, else benchmarks/results)
 #
@@ -46,7 +47,7 @@ status=$?
 # Optional rows, only in what is left of 8 minutes.
 LEFT=$((470 - ($(date +%s) - START)))
 if [ "$LEFT" -gt 90 ]; then
-  timeout "$LEFT" "$PY" benchmarks/run.py --device cuda --rows generation,caching --json "$OUT_DIR/gpu_extra.json" \
+  timeout "$LEFT" "$PY" benchmarks/run.py --device cuda --rows dpo_sd3,generation,caching --json "$OUT_DIR/gpu_extra.json" \
     2> >(tee "$OUT_DIR/gpu_extra.log" >&2) | tee "$OUT_DIR/gpu_extra.md"
 fi
 echo "gpu_check: $(( $(date +%s) - START ))s, required rows exit status $status"

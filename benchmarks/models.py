@@ -25,11 +25,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from trl_sail.tiny import build_tiny_scheduler, write_char_tokenizer
+from trl_sail.tiny import SD3_SCHEDULER_CONFIG, build_tiny_scheduler, write_char_t5_tokenizer, write_char_tokenizer
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,126 @@ PRESETS = {
 }
 
 PROMPTS = ["a red square", "a blue circle", "a green tile", "a grey photo", "a cat", "a dog", "a tree", "a boat"]
+
+
+@dataclass(frozen=True)
+class SD3Preset:
+    """An SD3-type (MMDiT, flow matching) model: transformer depth/width, 16-channel VAE, text widths.
+
+    The text encoders only need the right output widths: the benchmarks cache prompt embeddings, so their depth does
+    not enter a training step (they get 1-2 layers)."""
+
+    image_size: int
+    layers: int
+    heads: int
+    head_dim: int
+    caption_dim: int
+    clip_hidden: tuple[int, int]
+    t5_hidden: int
+    vae_channels: tuple[int, ...]
+    vae_layers: int
+    max_length: int
+    t5_length: int
+    dual_attention_layers: tuple[int, ...] = ()
+    qk_norm: str | None = None
+    pos_embed_max_size: int = 96
+
+
+SD3_PRESETS = {
+    "sd3_tiny": SD3Preset(64, 2, 2, 16, 32, (32, 32), 64, (32, 32, 32), 1, 24, 16),
+    # CPU timings: a ~10M-parameter transformer on 16x16 latents (64 image tokens, 48 text tokens).
+    "sd3_mid": SD3Preset(128, 6, 8, 32, 256, (64, 64), 128, (32, 64, 96, 96), 1, 24, 24),
+    # GPU: Stable Diffusion 3.5 Medium's transformer (2.24B parameters as counted here; MMDiT-X dual attention in its
+    # first 13 layers, RMS qk norm) and VAE configurations, with random weights; CLIP-L/G and T5-XXL widths.
+    "sd35m": SD3Preset(
+        1024, 24, 24, 64, 1536, (768, 1280), 4096, (128, 256, 512, 512), 2, 77, 256, tuple(range(13)), "rms_norm", 384
+    ),
+}
+
+
+def build_sd3_transformer(preset: SD3Preset) -> SD3Transformer2DModel:
+    latent = preset.image_size // 2 ** (len(preset.vae_channels) - 1)
+    return SD3Transformer2DModel(
+        sample_size=latent,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=preset.layers,
+        attention_head_dim=preset.head_dim,
+        num_attention_heads=preset.heads,
+        joint_attention_dim=preset.t5_hidden,
+        caption_projection_dim=preset.caption_dim,
+        pooled_projection_dim=sum(preset.clip_hidden),
+        pos_embed_max_size=preset.pos_embed_max_size,
+        dual_attention_layers=preset.dual_attention_layers,
+        qk_norm=preset.qk_norm,
+    )
+
+
+def build_sd3_pipeline(preset_name: str, device: str = "cpu", seed: int = 0) -> StableDiffusion3Pipeline:
+    """An SD3-type pipeline of the preset's size with seeded random weights, on `device`."""
+    preset = SD3_PRESETS[preset_name]
+    torch.manual_seed(seed)
+    directory = tempfile.mkdtemp(prefix="bench_tokenizer_")
+    tokenizers = [write_char_tokenizer(f"{directory}/{i}", max_length=preset.max_length) for i in (1, 2)]
+    t5_tokenizer = write_char_t5_tokenizer(f"{directory}/3", max_length=preset.t5_length)
+
+    def clip(hidden: int) -> CLIPTextModelWithProjection:
+        return CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                vocab_size=len(tokenizers[0]),
+                hidden_size=hidden,
+                intermediate_size=2 * hidden,
+                num_hidden_layers=2,
+                num_attention_heads=max(1, hidden // 64),
+                max_position_embeddings=preset.max_length,
+                projection_dim=hidden,
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=1,
+                hidden_act="quick_gelu",
+            )  # fmt: skip
+        )
+
+    levels = len(preset.vae_channels)
+    with torch.device(device):
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * levels,
+            up_block_types=("UpDecoderBlock2D",) * levels,
+            block_out_channels=preset.vae_channels,
+            layers_per_block=preset.vae_layers,
+            latent_channels=16,
+            norm_num_groups=32,
+            sample_size=preset.image_size,
+            scaling_factor=1.5305,
+            shift_factor=0.0609,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        )
+        t5 = T5EncoderModel(
+            T5Config(
+                vocab_size=len(t5_tokenizer),
+                d_model=preset.t5_hidden,
+                d_kv=64,
+                d_ff=2 * preset.t5_hidden,
+                num_layers=1,
+                num_heads=max(1, preset.t5_hidden // 64),
+                decoder_start_token_id=0,
+            )  # fmt: skip
+        )
+        pipeline = StableDiffusion3Pipeline(
+            transformer=build_sd3_transformer(preset),
+            scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER_CONFIG),
+            vae=vae,
+            text_encoder=clip(preset.clip_hidden[0]),
+            tokenizer=tokenizers[0],
+            text_encoder_2=clip(preset.clip_hidden[1]),
+            tokenizer_2=tokenizers[1],
+            text_encoder_3=t5,
+            tokenizer_3=t5_tokenizer,
+        )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def build_unet(preset: Preset) -> UNet2DConditionModel:
@@ -124,12 +251,13 @@ def build_pipeline(preset_name: str, device: str = "cpu", seed: int = 0) -> Stab
     return pipeline
 
 
-def lora_config(rank: int = 8):
+def lora_config(rank: int = 8, family_defaults: bool = False):
+    """A LoRA of the attention projections; `family_defaults` leaves the targets to the trainer (the model family's
+    defaults: SD3's both attention streams)."""
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]
-    )
+    targets = None if family_defaults else ["to_q", "to_k", "to_v", "to_out.0"]
+    return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets)
 
 
 def preference_dataset(num_pairs: int, image_size: int, seed: int = 0):

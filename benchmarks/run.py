@@ -20,6 +20,7 @@
 
 Rows (see docs/benchmarks.md for what each bound means):
   dpo         Diffusion-DPO step on B pairs / plain fine-tune step on the same 2B images (full, LoRA, +checkpointing)
+  dpo_sd3     the same on an SD3-type model (flow-matching MMDiT transformer; logit-normal timesteps)
   scoring     ImplicitDiffusionRewardScorer on N candidates x K draws / the 2*K*N bare UNet forwards, best batch size
   generation  CandidateGenerator.sample_latents / the same images from a plain diffusers pipeline call
   memory      peak memory of LoRA Diffusion-DPO / LoRA plain fine-tune (a large UNet, fresh process each)
@@ -54,12 +55,13 @@ from benchmarks.harness import (  # noqa: E402
 )
 
 
-ALL_ROWS = ("dpo", "scoring", "generation", "memory", "sail_memory", "caching")
+ALL_ROWS = ("dpo", "dpo_sd3", "scoring", "generation", "memory", "sail_memory", "caching")
 
 # Sizes per mode. CPU timings use the `mid` preset, CPU memory the `large` one (a UNet that dominates the process).
 SETTINGS = {
     "cpu": dict(
         preset="mid",
+        sd3_preset="sd3_mid",
         memory_preset="large",
         repeats=7,
         batch_pairs=4,
@@ -82,6 +84,7 @@ SETTINGS = {
     ),
     "cpu_quick": dict(
         preset="mid",
+        sd3_preset="sd3_mid",
         memory_preset="large",
         repeats=3,
         batch_pairs=2,
@@ -104,6 +107,7 @@ SETTINGS = {
     ),
     "cuda": dict(
         preset="sd15",
+        sd3_preset="sd35m",
         memory_preset="sd15",
         repeats=5,
         batch_pairs=2,
@@ -138,14 +142,18 @@ def free(device: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- rows
-def row_dpo(cfg, device, tk, bf16) -> list[Row]:
-    from benchmarks.models import build_pipeline
+def row_dpo(cfg, device, tk, bf16, family: str = "sd15") -> list[Row]:
+    """DPO step / plain step; `family="sd3"` measures an SD3-type model of the `sd3_preset` size instead."""
+    from benchmarks.models import build_pipeline, build_sd3_pipeline
     from benchmarks.steps import dpo_step, first_batch, make_trainer, plain_step, set_gradient_checkpointing
 
     rows = []
     for lora in (False, True):
+        pipeline = (
+            build_sd3_pipeline(cfg["sd3_preset"], device) if family == "sd3" else build_pipeline(cfg["preset"], device)
+        )
         trainer = make_trainer(
-            build_pipeline(cfg["preset"], device),
+            pipeline,
             lora=lora,
             pairs=cfg["batch_pairs"],
             batch_pairs=cfg["batch_pairs"],
@@ -157,7 +165,7 @@ def row_dpo(cfg, device, tk, bf16) -> list[Row]:
         for checkpointing in (False, True):
             set_gradient_checkpointing(trainer, checkpointing)
             variant = ("LoRA" if lora else "full") + (" + grad. checkpointing" if checkpointing else "")
-            name = f"DPO step / plain step, {variant}"
+            name = f"DPO step / plain step, {'SD3 ' if family == 'sd3' else ''}{variant}"
             log(f"{name} ...")
             timing = paired_timing(
                 lambda t=trainer, i=inputs: dpo_step(t, i),
@@ -176,7 +184,7 @@ def row_dpo(cfg, device, tk, bf16) -> list[Row]:
                     f"range {timing.spread[0]:.2f}-{timing.spread[1]:.2f}",
                 )
             )
-        trainer = inputs = None  # free this variant's models before building the next
+        trainer = inputs = pipeline = None  # free this variant's models before building the next
         free(device)
     return rows
 
@@ -467,12 +475,22 @@ def main(argv=None) -> list[Row]:
         f"{env}; preset {cfg['preset']}: UNet {flops['unet_parameters'] / 1e6:.1f}M params, "
         f"{flops['unet_forward'] / 1e9:.2f} GFLOP/forward, VAE encode {flops['vae_encode'] / 1e9:.2f} GFLOP"
     )
+    if "dpo_sd3" in selected:
+        from benchmarks.models import SD3_PRESETS, build_sd3_transformer
+
+        with torch.device("meta"):
+            transformer = build_sd3_transformer(SD3_PRESETS[cfg["sd3_preset"]])
+        log(
+            f"SD3 preset {cfg['sd3_preset']}: transformer {sum(p.numel() for p in transformer.parameters()) / 1e6:.1f}M params"
+        )
     results: list[Row] = []
     started = time.time()
     for name in selected:
         row_start = time.time()
         if name == "dpo":
             results += row_dpo(cfg, device, tk, bf16)
+        elif name == "dpo_sd3":
+            results += row_dpo(cfg, device, tk, bf16, family="sd3")
         elif name == "scoring":
             results += row_scoring(cfg, device, tk, precision_info=device.startswith("cuda"))
         elif name == "generation":

@@ -23,7 +23,7 @@ import tempfile
 import torch
 
 from trl_sail import DiffusionDPOConfig, DiffusionDPOTrainer
-from trl_sail.rewards import denoising_errors
+from trl_sail.models import model_for_pipeline
 
 from .models import lora_config, preference_dataset
 
@@ -46,12 +46,15 @@ def make_trainer(
         dataloader_num_workers=0,
         seed=0,
     )
-    image_size = pipeline.unet.config.sample_size * 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
+    image_size = model_for_pipeline(pipeline).default_resolution
     trainer = DiffusionDPOTrainer(
         pipeline,
         args=args,
         train_dataset=preference_dataset(pairs, image_size),
-        peft_config=lora_config() if lora else None,
+        # SD3: the family's LoRA targets (both attention streams); UNets: the attention projections as before.
+        peft_config=lora_config(family_defaults=model_for_pipeline(pipeline).denoiser_name != "unet")
+        if lora
+        else None,
     )
     trainer.create_optimizer()
     # What `Trainer.train` does to the model before its first step: device placement and, with bf16/fp16, autocast
@@ -87,14 +90,9 @@ def plain_step(trainer, inputs, seed: int = 0) -> float:
     latents_w, latents_l, conditioning = trainer.encode_batch(inputs, generator)
     latents = torch.cat([latents_w, latents_l])
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-    timesteps = torch.randint(0, trainer.t2i.num_train_timesteps, (len(latents),), generator=generator)
-    errors = denoising_errors(
-        trainer.bench_model,
-        trainer.t2i.noise_scheduler,
-        latents,
-        noise,
-        timesteps.to(latents.device),
-        conditioning.repeat(2),
+    timesteps = trainer.t2i.sample_timesteps(len(latents), generator)  # the family's training density
+    errors = trainer.t2i.denoising_errors(
+        trainer.bench_model, latents, noise, timesteps.to(latents.device), conditioning.repeat(2)
     )
     loss = errors.mean()
     _update(trainer, loss)

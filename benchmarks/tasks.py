@@ -76,7 +76,6 @@ def lora_plain(device: str, preset: str, batch_pairs: int, steps: int, bf16: boo
     """Plain LoRA fine-tuning on the same 2B images, without any trainer: one UNet, AdamW on the adapters."""
     from trl_sail.data import DiffusionDPODataCollator, PairTransform, PreferencePairs
     from trl_sail.models import TextToImageModel
-    from trl_sail.rewards import denoising_errors
 
     from .models import build_pipeline, lora_config, preference_dataset
 
@@ -98,9 +97,9 @@ def lora_plain(device: str, preset: str, batch_pairs: int, steps: int, bf16: boo
         hidden, pooled = t2i.encode_prompts(inputs["prompt"])
         conditioning = t2i.conditioning(hidden, pooled).repeat(2)
         noise = torch.randn(latents.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, t2i.num_train_timesteps, (len(latents),), generator=generator).to(device)
+        timesteps = t2i.sample_timesteps(len(latents), generator).to(device)
         with autocast:
-            loss = denoising_errors(unet, t2i.noise_scheduler, latents, noise, timesteps, conditioning).mean()
+            loss = t2i.denoising_errors(unet, latents, noise, timesteps, conditioning).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

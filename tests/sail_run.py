@@ -175,7 +175,8 @@ def main(pipeline_dir, output_dir, hub_root, mode, kill_at, num_rounds, work_log
         if adapter_name == sail_trainer.ANCHOR_ADAPTER and not self.is_lora:
             from safetensors.torch import load_file
 
-            saved = load_file(os.path.join(self.rounds.round_dir(0), "unet", "diffusion_pytorch_model.safetensors"))
+            weights = os.path.join(self.family.denoiser_name, "diffusion_pytorch_model.safetensors")
+            saved = load_file(os.path.join(self.rounds.round_dir(0), weights))
             anchor = view.unet.state_dict()
             diff = max((anchor[k].float() - saved[k].to(anchor[k].dtype).float()).abs().max().item() for k in saved)
             log(f"anchor_diff {diff}")

@@ -18,6 +18,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,6 +33,8 @@ from benchmarks.harness import (  # noqa: E402
     memory_ratio,
     paired_timing,
 )
+from benchmarks.models import build_sd3_pipeline  # noqa: E402
+from benchmarks.steps import first_batch, make_trainer, plain_step  # noqa: E402
 
 
 class FakeClock:
@@ -117,3 +120,27 @@ def test_memory_harness_detects_a_planted_second_unet_copy():
     assert two.task_bytes - one.task_bytes > 0.8 * unet_bytes
     task_ratio, _ = memory_ratio([two], [one])
     assert task_ratio > 1.4
+
+
+def test_the_sd3_rows_plain_step_is_the_flow_matching_loss_on_the_familys_lora_targets():
+    """The SD3 row's baseline is a plain rectified-flow fine-tune (not a DDPM loss on a transformer), and its LoRA
+    adapts both attention streams as the trainer's default does."""
+    trainer = make_trainer(build_sd3_pipeline("sd3_tiny"), lora=True, pairs=2, batch_pairs=2, device="cpu")
+    adapted = {name for name, _ in trainer.model.named_parameters() if "lora_A" in name}
+    assert any(".add_q_proj." in name for name in adapted) and any(".to_q." in name for name in adapted)
+    inputs = first_batch(trainer)
+    generator = torch.Generator().manual_seed(0)  # plain_step's draws, in its order
+    latents_w, latents_l, conditioning = trainer.encode_batch(inputs, generator)
+    x0 = torch.cat([latents_w, latents_l])
+    noise = torch.randn(x0.shape, generator=generator)
+    t = trainer.t2i.sample_timesteps(len(x0), generator)
+    s = (t.double() + 1) / 1000
+    sigma = (3.0 * s / (1 + 2.0 * s)).float().view(-1, 1, 1, 1)  # shift 3
+    conditioning = conditioning.repeat(2)
+    with torch.no_grad():
+        prediction = trainer.model(
+            hidden_states=(1 - sigma) * x0 + sigma * noise, timestep=sigma.flatten() * 1000,
+            encoder_hidden_states=conditioning.encoder_hidden_states, pooled_projections=conditioning.text_embeds,
+        ).sample  # fmt: skip
+    expected = (prediction - (noise - x0)).pow(2).mean().item()
+    assert plain_step(trainer, inputs) == pytest.approx(expected, rel=1e-5)

@@ -16,8 +16,10 @@
 import pytest
 import torch
 from diffusers import DiffusionPipeline
+from peft import LoraConfig
 
 from trl_sail.models import (
+    StableDiffusion3Model,
     StableDiffusionModel,
     StableDiffusionXLModel,
     TextToImageModel,
@@ -45,6 +47,22 @@ def test_an_unsupported_pipeline_class_gets_an_error_listing_the_families(tiny_s
         message = str(error.value)
         assert "TransformerOnlyPipeline" in message
         assert StableDiffusionModel.family_name in message and StableDiffusionXLModel.family_name in message
+        assert StableDiffusion3Model.family_name in message
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("sd15", {"to_q", "to_k", "to_v", "to_out.0"}),
+        ("sdxl", {"to_q", "to_k", "to_v", "to_out.0"}),
+        ("sd3", {"to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}),
+    ],
+)
+def test_a_lora_config_without_targets_gets_the_familys_attention_projections(make_tiny_pipeline, kind, expected):
+    model = model_for_pipeline(DiffusionPipeline.from_pretrained(make_tiny_pipeline(kind)))
+    assert model.with_lora_targets(LoraConfig(r=4)).target_modules == expected
+    explicit = LoraConfig(r=4, target_modules=["to_q"])
+    assert model.with_lora_targets(explicit) is explicit  # a user's choice is kept as given
 
 
 def _token_ids(tokenizer, prompts):

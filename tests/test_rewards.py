@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from trl_sail.rewards import (
-    denoising_errors,
     denoising_target,
     diffusion_dpo_loss,
     implicit_reward,
@@ -87,32 +86,3 @@ def test_unsupported_prediction_type_is_refused():
     scheduler = build_tiny_scheduler("sample")
     with pytest.raises(ValueError, match="epsilon' or 'v_prediction"):
         denoising_target(scheduler, torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), torch.tensor([1]))
-
-
-class _ConstantUNet(torch.nn.Module):
-    """Predicts `value` everywhere and records what it was called with."""
-
-    def __init__(self, value: float):
-        super().__init__()
-        self.value = torch.nn.Parameter(torch.tensor(value))
-        self.calls = []
-
-    def forward(self, sample, timestep, encoder_hidden_states=None, return_dict=False, **kwargs):
-        self.calls.append((sample, timestep, encoder_hidden_states))
-        return (torch.ones_like(sample) * self.value,)
-
-
-def test_denoising_errors_noises_latents_and_compares_to_target():
-    from trl_sail.models import UNetConditioning
-
-    scheduler = build_tiny_scheduler("epsilon")
-    latents, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    timesteps = torch.tensor([10, 900])
-    unet = _ConstantUNet(0.25)
-    hidden = torch.randn(2, 7, 32)
-    errors = denoising_errors(unet, scheduler, latents, noise, timesteps, UNetConditioning(hidden))
-    torch.testing.assert_close(errors, ((0.25 - noise) ** 2).mean(dim=(1, 2, 3)))
-    sample, t, states = unet.calls[0]
-    abar = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-    torch.testing.assert_close(sample, abar.sqrt() * latents + (1 - abar).sqrt() * noise)
-    assert torch.equal(t, timesteps) and torch.equal(states, hidden)

@@ -483,8 +483,10 @@ def _run_script(pipeline_path, out, hub, kill_at, log, mode="full", precision="b
     return result, work
 
 
-def _round_weights(directory, mode) -> dict:
-    name = ["unet", "diffusion_pytorch_model.safetensors"] if mode == "full" else ["pytorch_lora_weights.safetensors"]
+def _round_weights(directory, mode, denoiser="unet") -> dict:
+    name = (
+        [denoiser, "diffusion_pytorch_model.safetensors"] if mode == "full" else ["pytorch_lora_weights.safetensors"]
+    )
     return load_file(os.path.join(directory, *name))
 
 

@@ -21,7 +21,7 @@ from .diffusion_dpo_config import DiffusionDPOConfig
 from .diffusion_dpo_trainer import DiffusionDPOTrainer
 from .mixup import MixedPreferenceDataset, MixupBatchSampler, MixupPreferenceCollator
 from .models import UNetView  # public: the scorer takes views (a LoRA UNet's base is `UNetView(unet, "disabled")`)
-from .rewards import denoising_errors, diffusion_dpo_loss, implicit_reward, preference_probability
+from .rewards import diffusion_dpo_loss, implicit_reward, preference_probability
 from .sail_config import SAILConfig
 from .sail_trainer import SAILTrainer, build_seed_split
 from .scorer import ImplicitDiffusionRewardScorer
@@ -40,7 +40,6 @@ __all__ = [
     "SAILTrainer",
     "UNetView",
     "build_seed_split",
-    "denoising_errors",
     "diffusion_dpo_loss",
     "implicit_reward",
     "preference_probability",

@@ -26,7 +26,6 @@ from contextlib import contextmanager
 
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils import convert_state_dict_to_diffusers
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
@@ -36,6 +35,7 @@ from .models import model_for_pipeline
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 UNET_CHECKPOINT_DIR = "unet"
+DENOISER_KEY_PREFIXES = ("unet", "transformer")  # how `save_lora_weights` prefixes a UNet's / a DiT's LoRA keys
 
 
 def is_peft_unet(unet: torch.nn.Module) -> bool:
@@ -43,9 +43,9 @@ def is_peft_unet(unet: torch.nn.Module) -> bool:
 
 
 def lora_state_dict(unet: torch.nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """The adapter's weights with diffusers' key names (what `load_lora_weights` expects)."""
+    """The adapter's weights with PEFT's key names (the family's `save_lora_weights` writes its own layout)."""
     state_dict = get_peft_model_state_dict(unet, adapter_name=adapter_name)
-    return {k: v.detach().cpu().contiguous() for k, v in convert_state_dict_to_diffusers(state_dict).items()}
+    return {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
 
 
 def save_model_artifact(
@@ -75,18 +75,21 @@ def save_unet_checkpoint(unet: torch.nn.Module, checkpoint_dir: str, adapter_nam
         unet.save_pretrained(os.path.join(checkpoint_dir, UNET_CHECKPOINT_DIR))
 
 
-def load_unet_checkpoint(unet: torch.nn.Module, checkpoint_dir: str, adapter_name: str = "default") -> None:
-    """Load weights written by `save_unet_checkpoint` into `unet`, in place."""
+def load_unet_checkpoint(
+    unet: torch.nn.Module, checkpoint_dir: str, adapter_name: str = "default", subfolder: str = UNET_CHECKPOINT_DIR
+) -> None:
+    """Load weights written by `save_unet_checkpoint` (or a saved pipeline's denoiser `subfolder`, e.g.
+    `"transformer"`) into `unet`, in place."""
     if is_peft_unet(unet):
         path = os.path.join(checkpoint_dir, LORA_WEIGHTS_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{checkpoint_dir} has no {LORA_WEIGHTS_NAME}: it is not a LoRA checkpoint.")
         load_lora_into_unet(unet, load_file(path), adapter_name)
         return
-    directory = os.path.join(checkpoint_dir, UNET_CHECKPOINT_DIR)
+    directory = os.path.join(checkpoint_dir, subfolder)
     files = [f for f in os.listdir(directory) if f.endswith(".safetensors")] if os.path.isdir(directory) else []
     if not files:
-        raise FileNotFoundError(f"{checkpoint_dir} has no {UNET_CHECKPOINT_DIR}/ weights: not a full-UNet checkpoint.")
+        raise FileNotFoundError(f"{checkpoint_dir} has no {subfolder}/ weights: not a full-denoiser checkpoint.")
     state_dict = {}
     for name in files:
         state_dict.update(load_file(os.path.join(directory, name)))
@@ -100,7 +103,9 @@ def load_lora_into_unet(unet: torch.nn.Module, diffusers_state_dict: dict, adapt
     # default prefix it also loads nothing from our files, with only a warning.
     peft_state_dict = {}
     for key, value in diffusers_state_dict.items():
-        key = key.removeprefix("unet.").replace("lora.down.", "lora_A.").replace("lora.up.", "lora_B.")
+        component, _, rest = key.partition(".")  # diffusers prefixes keys with the denoiser's attribute name
+        key = rest if component in DENOISER_KEY_PREFIXES else key
+        key = key.replace("lora.down.", "lora_A.").replace("lora.up.", "lora_B.")
         peft_state_dict[key] = value
     result = set_peft_model_state_dict(unet, peft_state_dict, adapter_name=adapter_name)
     unexpected = list(getattr(result, "unexpected_keys", []))

@@ -17,6 +17,8 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from .models.family import LOSS_WEIGHTINGS, TIMESTEP_DENSITIES, TimestepSampling
+
 
 @dataclass
 class DiffusionDPOConfig(TrainingArguments):
@@ -78,6 +80,22 @@ class DiffusionDPOConfig(TrainingArguments):
             Diffusion-DPO temperature in the convention loss = -log sigmoid(-(beta / 2) * (d_theta - d_ref)), with
             d = e(x_w) - e(x_l) and e the unweighted mean squared denoising error. 5000 is the authors' value; the
             diffusers example's 2500 without the 1/2 is the same loss.
+        timestep_density (`str`, *optional*):
+            The distribution of training timesteps: `"uniform"`, `"logit_normal"` (with `logit_mean`, `logit_std`) or
+            `"mode"` (with `mode_scale`), as diffusers' `compute_density_for_timestep_sampling`. `None` (default) is
+            the model family's own: uniform for SD1.5/SDXL (the Diffusion-DPO paper), logit-normal(0, 1) for flow
+            matching (SD3, as diffusers' SD3 training scripts). The same timestep serves a pair's winner, loser, policy
+            and reference.
+        logit_mean (`float`, *optional*, defaults to `0.0`):
+            Mean of the logit-normal timestep density.
+        logit_std (`float`, *optional*, defaults to `1.0`):
+            Standard deviation of the logit-normal timestep density.
+        mode_scale (`float`, *optional*, defaults to `1.29`):
+            Scale of the `"mode"` timestep density.
+        loss_weighting (`str`, *optional*, defaults to `"none"`):
+            Weighting of each draw's denoising error by its noise level, as diffusers' `compute_loss_weighting_for_sd3`:
+            `"none"`, `"sigma_sqrt"` or `"cosmap"` (the last two for flow-matching models only). It weights the
+            errors the implicit reward is read from, in the loss and in SAIL's judge alike.
         rpo_alpha (`float`, *optional*):
             Weight of a supervised term on the chosen images, as TRL's `rpo_alpha` adds the chosen responses' NLL:
             the loss becomes `dpo_loss + rpo_alpha * (beta / 2) * e_policy(x_w)`, where `(beta / 2) e` is the negative
@@ -152,6 +170,20 @@ class DiffusionDPOConfig(TrainingArguments):
     rpo_alpha: float | None = field(
         default=None, metadata={"help": "Weight of the chosen images' denoising NLL added to the loss (as TRL's)."}
     )
+    timestep_density: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training timestep density (default: the family's: uniform for SD1.5/SDXL, logit_normal for SD3).",
+            "choices": list(TIMESTEP_DENSITIES),
+        },
+    )
+    logit_mean: float = field(default=0.0, metadata={"help": "Mean of the logit-normal timestep density."})
+    logit_std: float = field(default=1.0, metadata={"help": "Std of the logit-normal timestep density."})
+    mode_scale: float = field(default=1.29, metadata={"help": "Scale of the 'mode' timestep density."})
+    loss_weighting: str = field(
+        default="none",
+        metadata={"help": "Weighting of each draw's error (flow matching only).", "choices": list(LOSS_WEIGHTINGS)},
+    )
 
     # Validation images
     validation_prompts: list[str] | None = field(
@@ -171,6 +203,8 @@ class DiffusionDPOConfig(TrainingArguments):
             )
         if self.rpo_alpha is not None and self.rpo_alpha < 0:
             raise ValueError(f"rpo_alpha must be >= 0 (or None for plain Diffusion-DPO), got {self.rpo_alpha}.")
+        # Checks the density/weighting names and logit_std now; the family checks the weighting fits the model.
+        self.timestep_sampling(default_density="uniform")
         if not 0.0 <= self.proportion_empty_prompts <= 1.0:
             raise ValueError(f"proportion_empty_prompts must be in [0, 1], got {self.proportion_empty_prompts}.")
         if self.cache_latents and (self.random_crop or self.random_flip):
@@ -182,3 +216,13 @@ class DiffusionDPOConfig(TrainingArguments):
             raise ValueError(f"resolution must be a positive number of pixels, got {self.resolution}.")
         if self.validation_steps <= 0:
             raise ValueError(f"validation_steps must be > 0, got {self.validation_steps}.")
+
+    def timestep_sampling(self, default_density: str) -> TimestepSampling:
+        """The `TimestepSampling` these arguments set, with `default_density` (the model family's) when unset."""
+        return TimestepSampling(
+            density=self.timestep_density or default_density,
+            logit_mean=self.logit_mean,
+            logit_std=self.logit_std,
+            mode_scale=self.mode_scale,
+            weighting=self.loss_weighting,
+        )

@@ -148,6 +148,7 @@ class DiffusionDPOTrainer(Trainer):
         self.pipeline = pipeline
         self.base_model_id = model if isinstance(model, str) else (pipeline.name_or_path or "unknown")
         self.t2i = TextToImageModel(pipeline)
+        self.t2i.set_timestep_sampling(args.timestep_sampling(self.t2i.default_timestep_density))
         self.resolution = args.resolution or self.t2i.default_resolution
         self.t2i.check_resolution(self.resolution)
         unet = self.t2i.denoiser
@@ -158,6 +159,7 @@ class DiffusionDPOTrainer(Trainer):
         check_precision(self.frozen_dtype, self.autocast_dtype)
         if not isinstance(unet._internal_dict, _TrackerFriendlyConfig):
             unet._internal_dict = _TrackerFriendlyConfig(unet._internal_dict)
+        peft_config = self.t2i.with_lora_targets(peft_config)
         if peft_config is not None:
             if is_peft_unet(unet) and "default" in unet.peft_config:
                 raise ValueError(
@@ -332,7 +334,7 @@ class DiffusionDPOTrainer(Trainer):
         if noise is None:
             noise = torch.randn(latents_w.shape, generator=generator)
         if timesteps is None:
-            timesteps = torch.randint(0, self.t2i.num_train_timesteps, (batch,), generator=generator)
+            timesteps = self.t2i.sample_timesteps(batch, generator)
         noise, timesteps = noise.to(latents_w.device), timesteps.to(latents_w.device)
         latents = torch.cat([latents_w, latents_l])
         noise, timesteps, conditioning = (

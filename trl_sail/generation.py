@@ -159,6 +159,7 @@ class CandidateGenerator:
                 width=resolution,
                 generator=generators,
                 output_type="latent",
+                **self.model.sampling_kwargs(),
             ).images
         return latents.float().cpu().view(len(prompts), n, *latents.shape[1:])
 

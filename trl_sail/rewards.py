@@ -84,17 +84,3 @@ def diffusion_dpo_loss(
     rejected_rewards = implicit_reward(policy_rejected_error, reference_rejected_error, beta)
     losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
     return DPOLossOutput(losses=losses, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards)
-
-
-def denoising_errors(unet, scheduler, latents, noise, timesteps, conditioning) -> torch.Tensor:
-    """Per-image denoising error e(x) of `unet` on `latents` noised with (`noise`, `timesteps`). Shape `[batch]`.
-
-    `conditioning` is a `trl_sail.models.UNetConditioning` with one row per latent. Gradients flow if enabled.
-    """
-    noisy_latents = scheduler.add_noise(latents, noise, timesteps)
-    target = denoising_target(scheduler, latents, noise, timesteps)
-    unet_dtype = next(unet.parameters()).dtype
-    prediction = unet(
-        noisy_latents.to(unet_dtype), timesteps, **conditioning.to(dtype=unet_dtype).unet_kwargs(), return_dict=False
-    )[0]
-    return per_image_error(prediction, target)

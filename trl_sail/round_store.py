@@ -68,8 +68,11 @@ class RoundStore:
         adapter_name (`str`): the trained LoRA adapter's name.
     """
 
-    def __init__(self, args, base_model: str, is_lora: bool, adapter_name: str = "default"):
+    def __init__(
+        self, args, base_model: str, is_lora: bool, adapter_name: str = "default", denoiser_name: str = "unet"
+    ):
         self.args = args
+        self.denoiser_name = denoiser_name  # the saved pipeline's subfolder of the trained network
         self.output_dir = args.output_dir
         self.base_model = base_model
         self.is_lora = is_lora
@@ -161,7 +164,7 @@ class RoundStore:
         if self.is_lora:
             load_lora_into_unet(unet, load_file(os.path.join(directory, LORA_WEIGHTS_NAME)), self.adapter_name)
         else:
-            load_unet_checkpoint(unet, directory)
+            load_unet_checkpoint(unet, directory, subfolder=self.denoiser_name)
         logger.info(f"Loaded round {i}'s model from {directory}.")
 
     # ------------------------------------------------------------------ publishing

@@ -55,7 +55,8 @@ class SAILConfig(DiffusionDPOConfig):
         sampling_guidance_scale (`float`, *optional*, defaults to `7.5`):
             Classifier-free guidance of candidate generation (the paper: 7.5 for SD1.5, 5 for SDXL).
         sampling_scheduler (`str`, *optional*):
-            `"ddpm"`, `"ddim"`, or `None` to keep the pipeline's scheduler.
+            `"ddpm"`, `"ddim"`, or `None` to keep the pipeline's scheduler. SD3-type (flow-matching) models always
+            sample with their own scheduler: a DDPM-family sampler is refused for them.
         generation_batch_size (`int`, *optional*, defaults to `4`):
             Prompts per pipeline call (each with N candidates).
         num_reward_draws (`int`, *optional*, defaults to `10`):

@@ -666,7 +666,7 @@ class SAILTrainer:
         seeds = [args.validation_seed + k for k in range(args.num_validation_images)]
         with self.policy.active() as unet:
             images = sample_images(
-                self.pipeline,
+                self.family,
                 unet,
                 prompts,
                 seeds,

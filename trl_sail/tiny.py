@@ -25,8 +25,24 @@ import string
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 
 TINY_CHARACTERS = string.ascii_lowercase + string.digits + ",.-'!?"
@@ -53,6 +69,14 @@ def write_char_tokenizer(directory: str, max_length: int = 48) -> CLIPTokenizer:
     return tokenizer
 
 
+def write_char_t5_tokenizer(directory: str, max_length: int = 48) -> T5TokenizerFast:
+    """Write a character-level `T5TokenizerFast` (a unigram vocabulary of single characters) that tokenizes offline."""
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)] + [(c, -1.0) for c in TINY_CHARACTERS]
+    tokenizer = T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=max_length)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
 def _text_config(vocab_size: int, hidden_size: int, max_length: int, projection_dim: int) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=vocab_size,
@@ -73,6 +97,9 @@ def _text_config(vocab_size: int, hidden_size: int, max_length: int, projection_
 # schedule (scaled-linear betas 0.00085..0.012 over 1000 steps). The VAE scaling factors are SD1.5's and SDXL's.
 SHIPPED_SCHEDULERS = {"sd15": "PNDMScheduler", "sdxl": "EulerDiscreteScheduler"}
 VAE_SCALING_FACTORS = {"sd15": 0.18215, "sdxl": 0.13025}
+# SD3 / 3.5: a 16-channel VAE with a shift and a scale, no quant convs; flow-match Euler with shift 3.
+SD3_VAE_SETTINGS = dict(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False)
+SD3_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=3.0)
 SD_SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,
@@ -88,8 +115,15 @@ SD_SCHEDULER_CONFIG = dict(
 )
 
 
-def build_tiny_vae(image_size: int = 32, scaling_factor: float = 0.18215) -> AutoencoderKL:
-    """A VAE that maps `image_size` pixels to `image_size // 4` latents with 4 channels (`force_upcast` as SD's)."""
+def build_tiny_vae(
+    image_size: int = 32,
+    scaling_factor: float = 0.18215,
+    latent_channels: int = 4,
+    shift_factor: float | None = None,
+    use_quant_conv: bool = True,
+) -> AutoencoderKL:
+    """A VAE that maps `image_size` pixels to `image_size // 4` latents (`force_upcast` as SD's); SD3's settings are
+    `SD3_VAE_SETTINGS` (16 channels, a shift factor, no quant convs)."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -97,10 +131,13 @@ def build_tiny_vae(image_size: int = 32, scaling_factor: float = 0.18215) -> Aut
         up_block_types=("UpDecoderBlock2D",) * 3,
         block_out_channels=(16, 32, 32),
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         sample_size=image_size,
         scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=use_quant_conv,
+        use_post_quant_conv=use_quant_conv,
         force_upcast=True,
     )
 
@@ -152,14 +189,19 @@ def build_tiny_pipeline(
     max_length: int = 48,
     scheduler: str | None = None,
 ) -> str:
-    """Build a tiny SD1.5-type (`kind="sd15"`) or SDXL-type (`kind="sdxl"`) pipeline, save it, return its path.
+    """Build a tiny SD1.5-type (`kind="sd15"`), SDXL-type (`"sdxl"`) or SD3-type (`"sd3"`) pipeline, save it, return
+    its path.
 
     `scheduler` is the class name of the sampling scheduler it ships; by default the real checkpoint's (SD1.5: PNDM,
-    SDXL: Euler). The VAE has the real scaling factor and `force_upcast`.
+    SDXL: Euler, SD3: flow-match Euler with shift 3). The VAE has the real scaling (and for SD3 shift) factor and
+    `force_upcast`. An SD3 pipeline ships its T5 encoder; load it without (as diffusers allows) with
+    `text_encoder_3=None, tokenizer_3=None`.
     """
-    if kind not in ("sd15", "sdxl"):
-        raise ValueError(f"kind must be 'sd15' or 'sdxl', got {kind!r}.")
+    if kind not in ("sd15", "sdxl", "sd3"):
+        raise ValueError(f"kind must be 'sd15', 'sdxl' or 'sd3', got {kind!r}.")
     torch.manual_seed(seed)
+    if kind == "sd3":
+        return _build_tiny_sd3_pipeline(directory, image_size, text_hidden_size, max_length)
     tokenizer = write_char_tokenizer(os.path.join(directory, "tokenizer"), max_length=max_length)
     text_config = _text_config(len(tokenizer), text_hidden_size, max_length, projection_dim=text_hidden_size)
     components = dict(
@@ -188,4 +230,45 @@ def build_tiny_pipeline(
         )
         pipeline = StableDiffusionXLPipeline(**components)
     pipeline.save_pretrained(directory)
+    return directory
+
+
+def _build_tiny_sd3_pipeline(directory, image_size, text_hidden_size, max_length) -> str:
+    # SD3's layout at toy width: two CLIPs with projection whose concatenated states (2 * hidden) are padded to the
+    # T5 width (joint_attention_dim), pooled projections = both CLIP projections concatenated.
+    joint_dim = 2 * text_hidden_size
+    text_config = _text_config(len(TINY_CHARACTERS) * 2 + 2, text_hidden_size, max_length, text_hidden_size)
+    components = dict(
+        vae=build_tiny_vae(image_size, **SD3_VAE_SETTINGS),
+        scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER_CONFIG),
+        tokenizer=write_char_tokenizer(os.path.join(directory, "tokenizer"), max_length=max_length),
+        text_encoder=CLIPTextModelWithProjection(text_config),
+        tokenizer_2=write_char_tokenizer(os.path.join(directory, "tokenizer_2"), max_length=max_length),
+        text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer_3=write_char_t5_tokenizer(os.path.join(directory, "tokenizer_3"), max_length),
+        transformer=SD3Transformer2DModel(
+            sample_size=image_size // 4,
+            patch_size=2,
+            in_channels=16,
+            out_channels=16,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            joint_attention_dim=joint_dim,
+            caption_projection_dim=32,
+            pooled_projection_dim=2 * text_hidden_size,
+            pos_embed_max_size=image_size // 4,
+        ),
+    )
+    t5_config = T5Config(
+        vocab_size=len(components["tokenizer_3"]),
+        d_model=joint_dim,
+        d_kv=8,
+        d_ff=2 * joint_dim,
+        num_layers=1,
+        num_heads=2,
+        decoder_start_token_id=0,
+    )
+    components["text_encoder_3"] = T5EncoderModel(t5_config)
+    StableDiffusion3Pipeline(**components).save_pretrained(directory)
     return directory

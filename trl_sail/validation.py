@@ -22,7 +22,6 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 from transformers import TrainerCallback
 
-from .models import denoiser_in_pipeline
 from .tracking import log_image_to_trackers
 
 
@@ -32,25 +31,27 @@ image_grid = make_image_grid
 
 @torch.no_grad()
 def sample_images(
-    pipeline, unet, prompts, seeds, num_inference_steps, guidance_scale, resolution, device, autocast_dtype=None
+    model, denoiser, prompts, seeds, num_inference_steps, guidance_scale, resolution, device, autocast_dtype=None
 ):
-    """One image per (prompt, seed), with `unet` swapped into the pipeline. Returns a list of PIL images.
+    """One image per (prompt, seed) from `model`'s pipeline (a `TextToImageModel`) with `denoiser` swapped in.
+    Returns a list of PIL images.
 
-    The UNet runs in eval mode under the training's autocast (`autocast_dtype`, see
+    The denoiser runs in eval mode under the training's autocast (`autocast_dtype`, see
     `trl_sail.models.denoiser_in_pipeline`).
     """
     images = []
-    with denoiser_in_pipeline(pipeline, unet, autocast_dtype, device):
+    with model.denoiser_in_pipeline(denoiser, autocast_dtype, device):
         for prompt in prompts:
             for seed in seeds:
                 generator = torch.Generator(device="cpu").manual_seed(seed)
-                output = pipeline(
+                output = model.pipeline(
                     prompt,
                     num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale,
                     height=resolution,
                     width=resolution,
                     generator=generator,
+                    **model.sampling_kwargs(),
                 )
                 images += output.images
     return images
@@ -76,10 +77,9 @@ class ValidationImagesCallback(TrainerCallback):
             return None
         unet = trainer.accelerator.unwrap_model(trainer.model)
         seeds = [args.validation_seed + i for i in range(args.num_validation_images)]
-        pipeline = trainer.pipeline
-        pipeline.set_progress_bar_config(disable=True)
+        trainer.pipeline.set_progress_bar_config(disable=True)
         images = sample_images(
-            pipeline,
+            trainer.t2i,
             unet,
             args.validation_prompts,
             seeds,

@@ -14,7 +14,7 @@
 """Text-to-image model families and the weights they train.
 
 - `family.py`: the interface (`TextToImageModel`), `load_pipeline`, the registry (`model_for_pipeline`);
-- `sd.py`, `sdxl.py`: one module per family;
+- `sd.py`, `sdxl.py`, `sd3.py`: one module per family (SD1.5-type, SDXL-type, SD3-type flow matching);
 - `weights.py`: the policy and its frozen views (`UNetView`, `freeze`), the precision rule and the one place a
   pipeline's denoiser is swapped (`denoiser_in_pipeline`).
 
@@ -22,8 +22,11 @@ A new family is one module here: a `TextToImageModel` subclass decorated with `@
 """
 
 from .family import (
+    LOSS_WEIGHTINGS,
+    TIMESTEP_DENSITIES,
     ModelFamily,
     TextToImageModel,
+    TimestepSampling,
     UNetConditioning,
     load_pipeline,
     model_for_pipeline,
@@ -32,6 +35,7 @@ from .family import (
     training_noise_scheduler,
 )
 from .sd import StableDiffusionModel
+from .sd3 import StableDiffusion3Model
 from .sdxl import StableDiffusionXLModel
 from .weights import (
     DenoiserView,
@@ -49,10 +53,14 @@ from .weights import (
 
 __all__ = [
     "DenoiserView",
+    "LOSS_WEIGHTINGS",
     "ModelFamily",
+    "StableDiffusion3Model",
     "StableDiffusionModel",
     "StableDiffusionXLModel",
     "TextToImageModel",
+    "TimestepSampling",
+    "TIMESTEP_DENSITIES",
     "UNetConditioning",
     "UNetView",
     "check_precision",

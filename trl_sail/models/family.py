@@ -30,12 +30,15 @@ process or denoiser (flow matching, a transformer) overrides `denoiser_name`, `m
 `noisy_input_and_target`, `denoiser_forward` and `check_resolution`, and registers itself with `@register_family`.
 """
 
+import dataclasses
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline
+from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline
+from diffusers.training_utils import compute_density_for_timestep_sampling
+from diffusers.utils import convert_state_dict_to_diffusers
 
 from ..rewards import denoising_target, per_image_error
 from .weights import cast, denoiser_in_pipeline, resolve_dtype
@@ -55,9 +58,40 @@ def training_noise_scheduler(scheduler) -> DDPMScheduler:
             f"The pipeline's scheduler {type(scheduler).__name__} has no beta schedule, so it is not a DDPM-family "
             "(epsilon / v-prediction) diffusion model. trl_sail supports SD1.5-type and SDXL-type pipelines "
             "(UNet2DConditionModel with a DDPM-family scheduler: DDPM, DDIM, PNDM, Euler, Euler ancestral, LMS, "
-            "DPM-Solver, UniPC, ...)."
+            "DPM-Solver, UniPC, ...) and, for flow matching, SD3-type pipelines (SD3Transformer2DModel with "
+            "FlowMatchEulerDiscreteScheduler)."
         )
     return DDPMScheduler.from_config(config)
+
+
+TIMESTEP_DENSITIES = ("uniform", "logit_normal", "mode")
+LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
+
+
+@dataclass
+class TimestepSampling:
+    """How training draws its timesteps, and how it weights each draw's error.
+
+    Timesteps are integers `t` in `[0, num_train_timesteps)`, larger `t` meaning more noise, in every family (for flow
+    matching `t` indexes the scheduler's shifted sigmas). `density` is the distribution of `u = t / T` as in diffusers'
+    `compute_density_for_timestep_sampling` (`"uniform"`, `"logit_normal"` with `logit_mean`/`logit_std`, `"mode"`
+    with `mode_scale`); `weighting` multiplies each draw's error as diffusers' `compute_loss_weighting_for_sd3`
+    (`"none"`, `"sigma_sqrt"`, `"cosmap"`: defined for flow-matching sigmas only).
+    """
+
+    density: str = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    weighting: str = "none"
+
+    def __post_init__(self):
+        if self.density not in TIMESTEP_DENSITIES:
+            raise ValueError(f"timestep_density must be one of {TIMESTEP_DENSITIES}, got {self.density!r}.")
+        if self.weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.weighting!r}.")
+        if self.logit_std <= 0:
+            raise ValueError(f"logit_std must be > 0, got {self.logit_std}.")
 
 
 @dataclass
@@ -179,6 +213,10 @@ class TextToImageModel:
     family_name: str = "abstract"
     denoiser_name: str = "unet"  # the pipeline attribute holding the trained network
     required_components: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer")
+    # What a LoRA adapts when the user names no target modules: the denoiser's attention projections.
+    default_lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    # The density training draws timesteps from unless configured (see `TimestepSampling`).
+    default_timestep_density: str = "uniform"
 
     def __new__(cls, pipeline=None, *args, **kwargs):
         if cls is TextToImageModel:
@@ -203,7 +241,8 @@ class TextToImageModel:
         self.pipeline = pipeline
         self.vae = pipeline.vae
         # Training and judging noise with the training forward process, not with the sampling scheduler's.
-        self.noise_scheduler = training_noise_scheduler(pipeline.scheduler)
+        self.noise_scheduler = self.training_scheduler(pipeline.scheduler)
+        self.timestep_sampling = TimestepSampling(density=self.default_timestep_density)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         for module in self.frozen_modules():
             module.requires_grad_(False)
@@ -212,6 +251,24 @@ class TextToImageModel:
     def frozen_modules(self) -> list[torch.nn.Module]:
         """The modules that are never trained (VAE, text encoders)."""
         return [self.vae]
+
+    def with_lora_targets(self, peft_config):
+        """`peft_config` with the family's default target modules when it names none (`LoraConfig(r=8)` works)."""
+        if peft_config is None or peft_config.target_modules is not None:
+            return peft_config
+        return dataclasses.replace(peft_config, target_modules=list(self.default_lora_target_modules))
+
+    @classmethod
+    def training_scheduler(cls, scheduler):
+        """The scheduler that defines the family's training forward process, built from the pipeline's scheduler."""
+        return training_noise_scheduler(scheduler)
+
+    def sampling_scheduler(self, name: str | None):
+        """The pipeline's scheduler, or the sampler `name` (`"ddpm"`, `"ddim"`) built from its config."""
+        scheduler = self.pipeline.scheduler
+        if name is None:
+            return scheduler
+        return (DDPMScheduler if name == "ddpm" else DDIMScheduler).from_config(scheduler.config)
 
     def to(self, device=None, dtype=None) -> "TextToImageModel":
         for module in self.frozen_modules():
@@ -268,6 +325,38 @@ class TextToImageModel:
         raise NotImplementedError
 
     # ----- noising and the denoiser -----
+    def set_timestep_sampling(self, sampling: TimestepSampling) -> None:
+        """Use `sampling` for training draws; refuses a loss weighting the family's noise process does not define."""
+        if sampling.weighting != "none":
+            raise ValueError(
+                f"loss_weighting={sampling.weighting!r} is defined on flow-matching sigmas; {self.family_name} "
+                "models are DDPM-family diffusion models. Use loss_weighting='none'."
+            )
+        self.timestep_sampling = sampling
+
+    def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`batch_size` training timesteps (integers in `[0, num_train_timesteps)`) from `self.timestep_sampling`."""
+        if self.timestep_sampling.density == "uniform":  # the Diffusion-DPO scripts' draw
+            return torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator)
+        return self.density_indices(batch_size, generator)
+
+    def density_indices(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`(u * T).long()` for `u` drawn by diffusers' `compute_density_for_timestep_sampling`."""
+        sampling, num_timesteps = self.timestep_sampling, self.num_train_timesteps
+        u = compute_density_for_timestep_sampling(
+            sampling.density,
+            batch_size,
+            logit_mean=sampling.logit_mean,
+            logit_std=sampling.logit_std,
+            mode_scale=sampling.mode_scale,
+            generator=generator,
+        )
+        return (u * num_timesteps).long().clamp(0, num_timesteps - 1)
+
+    def error_weights(self, timesteps: torch.Tensor) -> torch.Tensor | None:
+        """Per-draw weights of the denoising error (`None`: unweighted, the DDPM families' loss)."""
+        return None
+
     def noisy_input_and_target(
         self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,9 +384,15 @@ class TextToImageModel:
     ) -> torch.Tensor:
         """Per-image denoising error e(x) of `denoiser` (see `trl_sail.rewards`). Shape `[batch]`."""
         noisy, target = self.noisy_input_and_target(latents, noise, timesteps)
-        return per_image_error(self.denoiser_forward(denoiser, noisy, timesteps, conditioning), target)
+        errors = per_image_error(self.denoiser_forward(denoiser, noisy, timesteps, conditioning), target)
+        weights = self.error_weights(timesteps)
+        return errors if weights is None else errors * weights.to(errors)
 
     # ----- sampling and saving -----
+    def sampling_kwargs(self) -> dict:
+        """Extra pipeline-call arguments that keep sampling's conditioning the same as training's."""
+        return {}
+
     @contextmanager
     def denoiser_in_pipeline(self, denoiser, autocast_dtype: torch.dtype | None = None, device=None):
         """The pipeline with `denoiser` (a network or a `UNetView`) swapped in, in eval mode, under the autocast."""
@@ -309,12 +404,18 @@ class TextToImageModel:
         with denoiser_in_pipeline(self.pipeline, denoiser, attribute=self.denoiser_name):
             self.pipeline.save_pretrained(output_dir)
 
+    def lora_layers_for_saving(self, peft_state_dict: dict) -> dict:
+        """The adapter's weights in the key layout the family's LoRA files use: diffusers' `lora.down`/`lora.up`
+        names for UNets (as diffusers' SD/SDXL LoRA scripts save them)."""
+        return convert_state_dict_to_diffusers(peft_state_dict)
+
     def save_lora_weights(self, output_dir: str, state_dict: dict, metadata: dict | None = None) -> None:
-        """Diffusers-format LoRA weights of the denoiser, which `pipeline.load_lora_weights(output_dir)` loads."""
+        """LoRA weights of the denoiser (`state_dict` with PEFT's key names), which
+        `pipeline.load_lora_weights(output_dir)` loads."""
         type(self.pipeline).save_lora_weights(
             output_dir,
             **{
-                f"{self.denoiser_name}_lora_layers": state_dict,
+                f"{self.denoiser_name}_lora_layers": self.lora_layers_for_saving(state_dict),
                 f"{self.denoiser_name}_lora_adapter_metadata": metadata,
             },
         )

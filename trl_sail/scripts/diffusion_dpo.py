@@ -60,8 +60,6 @@ from ..diffusion_dpo_trainer import DiffusionDPOTrainer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
-
 
 @dataclass
 class ScriptArguments(trl.ScriptArguments):
@@ -102,8 +100,10 @@ class DiffusionModelConfig(trl.ModelConfig):
             LoRA scaling numerator (the update is scaled by `lora_alpha / lora_r`).
         lora_dropout (`float`, *optional*, defaults to `0.0`):
             Dropout on the LoRA input.
-        lora_target_modules (`list[str]`, *optional*, defaults to `["to_q", "to_k", "to_v", "to_out.0"]`):
-            UNet modules that get adapters: the attention projections by default.
+        lora_target_modules (`list[str]`, *optional*):
+            Denoiser modules that get adapters. By default the model family's attention projections:
+            `["to_q", "to_k", "to_v", "to_out.0"]` for SD1.5/SDXL UNets, plus the text stream's `add_q_proj`,
+            `add_k_proj`, `add_v_proj`, `to_add_out` for SD3 transformers (as diffusers' LoRA scripts).
 
     `lora_task_type` and the language-model options (`attn_implementation`, `load_in_8bit`, `load_in_4bit`, ...) do
     not apply to a UNet: [`get_peft_config`] builds a task-less `LoraConfig`, and quantized loading is refused.
@@ -120,8 +120,8 @@ class DiffusionModelConfig(trl.ModelConfig):
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] | None = field(
-        default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES),
-        metadata={"help": "UNet modules that get LoRA adapters."},
+        default=None,
+        metadata={"help": "Denoiser modules that get LoRA adapters (default: the family's attention projections)."},
     )
 
     def __post_init__(self):
@@ -141,7 +141,8 @@ def get_peft_config(model_args: DiffusionModelConfig):
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
-        target_modules=list(model_args.lora_target_modules or DEFAULT_LORA_TARGET_MODULES),
+        # None: the trainers fill in the model family's defaults (`TextToImageModel.with_lora_targets`).
+        target_modules=list(model_args.lora_target_modules) if model_args.lora_target_modules else None,
         modules_to_save=model_args.lora_modules_to_save,
         use_rslora=model_args.use_rslora,
         use_dora=model_args.use_dora,
