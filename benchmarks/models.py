@@ -36,7 +36,13 @@ from diffusers import (
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from trl_sail.tiny import SD3_SCHEDULER_CONFIG, build_tiny_scheduler, write_char_t5_tokenizer, write_char_tokenizer
+from trl_sail.tiny import (
+    SD3_SCHEDULER_CONFIG,
+    SD3_VAE_SETTINGS,
+    build_tiny_scheduler,
+    write_char_t5_tokenizer,
+    write_char_tokenizer,
+)
 
 
 @dataclass(frozen=True)
@@ -145,21 +151,8 @@ def build_sd3_pipeline(preset_name: str, device: str = "cpu", seed: int = 0) -> 
             )  # fmt: skip
         )
 
-    levels = len(preset.vae_channels)
     with torch.device(device):
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * levels,
-            up_block_types=("UpDecoderBlock2D",) * levels,
-            block_out_channels=preset.vae_channels,
-            layers_per_block=preset.vae_layers,
-            latent_channels=16,
-            norm_num_groups=32,
-            sample_size=preset.image_size,
-            scaling_factor=1.5305,
-            shift_factor=0.0609,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-        )
+        vae = build_vae(preset, **SD3_VAE_SETTINGS)
         t5 = T5EncoderModel(
             T5Config(
                 vocab_size=len(t5_tokenizer),
@@ -184,6 +177,20 @@ def build_sd3_pipeline(preset_name: str, device: str = "cpu", seed: int = 0) -> 
         )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def build_vae(preset: "Preset | SD3Preset", **settings) -> AutoencoderKL:
+    """The preset's SD-style VAE; `settings` are the family's (latent channels, scaling and shift factors...)."""
+    levels = len(preset.vae_channels)
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=preset.vae_channels,
+        layers_per_block=preset.vae_layers,
+        norm_num_groups=32,
+        sample_size=preset.image_size,
+        **settings,
+    )
 
 
 def build_unet(preset: Preset) -> UNet2DConditionModel:
@@ -220,21 +227,9 @@ def build_pipeline(preset_name: str, device: str = "cpu", seed: int = 0) -> Stab
         pad_token_id=1,
         hidden_act="quick_gelu",
     )
-    levels = len(preset.vae_channels)
     # Built directly on the device: SD1.5's 860M parameters initialise in seconds on a GPU, minutes on one core.
     with torch.device(device):
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * levels,
-            up_block_types=("UpDecoderBlock2D",) * levels,
-            block_out_channels=preset.vae_channels,
-            layers_per_block=preset.vae_layers,
-            latent_channels=4,
-            norm_num_groups=32,
-            sample_size=preset.image_size,
-            scaling_factor=0.18215,
-        )
+        vae = build_vae(preset, scaling_factor=0.18215)
         text_encoder = CLIPTextModel(text_config)
         unet = build_unet(preset)
     pipeline = StableDiffusionPipeline(
@@ -286,13 +281,7 @@ def flops_per_image(preset_name: str) -> dict[str, float]:
     with torch.device("meta"):
         unet = build_unet(preset)
         levels = len(preset.vae_channels)
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * levels,
-            up_block_types=("UpDecoderBlock2D",) * levels,
-            block_out_channels=preset.vae_channels,
-            layers_per_block=preset.vae_layers,
-            norm_num_groups=32,
-        )
+        vae = build_vae(preset)
         latent = preset.image_size // 2 ** (levels - 1)
         counts = {}
         with FlopCounterMode(display=False) as counter:
