@@ -266,13 +266,15 @@ def test_the_default_density_is_the_familys(sd3_path, tiny_sd15_path, make_pair_
 
 
 # ----------------------------------------------------------------------------------------------- training
-@pytest.mark.parametrize("setup", ["full", "lora", "lora_without_t5"])
+@pytest.mark.parametrize("setup", ["full", "lora", "lora_without_t5", "lora_bf16"])
 def test_first_loss_is_ln2_and_lora_adapts_both_attention_streams(sd3_path, make_pair_dataset, tmp_path, setup):
     overrides, peft_config = {}, None
     if setup != "full":
         peft_config = LoraConfig(r=4, lora_alpha=8)  # no target modules: the family's defaults
     if setup == "lora_without_t5":  # as diffusers allows: the T5 slots of the prompt embedding are zeros
         overrides["model_init_kwargs"] = {"text_encoder_3": None, "tokenizer_3": None}
+    if setup == "lora_bf16":  # the SD3.5 recipe: frozen parts in bf16, training under bf16 autocast
+        overrides.update(model_init_kwargs={"torch_dtype": "bfloat16"}, bf16=True, use_cpu=True)
     trainer = DiffusionDPOTrainer(
         sd3_path, args=make_args(tmp_path, max_steps=1, **overrides), train_dataset=make_pair_dataset(4),
         peft_config=peft_config,
@@ -293,6 +295,9 @@ def test_first_loss_is_ln2_and_lora_adapts_both_attention_streams(sd3_path, make
     log = next(h for h in trainer.state.log_history if "loss" in h)
     assert log["loss"] == pytest.approx(math.log(2), abs=1e-3)
     assert log["errors/policy_chosen"] == pytest.approx(log["errors/reference_chosen"], rel=1e-5)
+    if setup == "lora_bf16":
+        assert trainer.pipeline.vae.dtype == torch.bfloat16 and trainer.pipeline.text_encoder_3.dtype == torch.bfloat16
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
 
 
 def test_learns_planted_preference_measured_by_held_out_velocity_error(
