@@ -73,6 +73,35 @@ def test_streamed_dataset_trains_as_the_same_data_loaded_in_full(parquet_file, t
     assert losses(trainer) == pytest.approx(losses(reference), rel=1e-5)
 
 
+@pytest.mark.parametrize("eval_batch_size", [3, 4])
+def test_a_streamed_eval_dataset_gives_the_metrics_of_the_same_data_loaded_in_full(
+    parquet_file, tiny_sd15_path, tmp_path, eval_batch_size
+):
+    in_full = load_dataset("parquet", data_files=parquet_file, split="train")
+    metrics = {}
+    for name in ("streamed", "in_full"):
+        eval_dataset = in_full
+        if name == "streamed":
+            eval_dataset = load_dataset("parquet", data_files=parquet_file, split="train", streaming=True)
+        trainer = DiffusionDPOTrainer(
+            tiny_sd15_path, args=_config(tmp_path / name, max_steps=2, per_device_eval_batch_size=eval_batch_size),
+            train_dataset=in_full, eval_dataset=eval_dataset,
+        )  # fmt: skip
+        trainer.train()  # the policy leaves the reference: margins are not 0 = 0
+        metrics[name] = trainer.evaluate()
+        if name == "streamed":
+            assert trainer.eval_pairs.num_ties == 2 and trainer.eval_pairs.num_pairs == 6
+    keys = [k for k in metrics["in_full"] if k.startswith(("eval_loss", "eval_rewards", "eval_errors"))]
+    if 6 % eval_batch_size:
+        # Measured: with a short last batch, `Trainer`'s own `eval_loss` average weights that batch differently for a
+        # stream (0.6951 vs 0.7058 here); the DPO metrics, gathered by this trainer, match (docs/diffusion_dpo.md).
+        keys.remove("eval_loss")
+    assert abs(metrics["in_full"]["eval_rewards/margins"]) > 1e-4
+    assert {k: metrics["streamed"][k] for k in keys} == pytest.approx(
+        {k: metrics["in_full"][k] for k in keys}, rel=1e-5
+    )
+
+
 def test_streamed_dataset_without_max_steps_stops_before_loading_the_model(parquet_file, tmp_path):
     streamed = load_dataset("parquet", data_files=parquet_file, split="train", streaming=True)
     # A model id that does not exist: reaching the model loading would raise a different error.
