@@ -29,7 +29,7 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 # The sandbox's "test" world (pretrained once per machine, cached), kept in its own module.
-from sandbox_fixtures import sandbox_test_world  # noqa: E402, F401
+from sandbox_fixtures import sandbox_sd3_test_world, sandbox_test_world  # noqa: E402, F401
 
 from trl_sail.tiny import build_tiny_pipeline
 

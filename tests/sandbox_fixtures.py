@@ -12,9 +12,10 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Session fixture for the sandbox's small "test" world, kept apart from the other fixtures.
+"""Session fixtures for the sandbox's small "test" and "sd3-test" worlds, kept apart from the other fixtures.
 
-Import it into `tests/conftest.py` with `from sandbox_fixtures import sandbox_test_world  # noqa: F401`.
+Import them into `tests/conftest.py` with
+`from sandbox_fixtures import sandbox_sd3_test_world, sandbox_test_world  # noqa: F401`.
 
 The world's base model is pretrained on first use (about a minute on 2 CPU cores) and cached in the sandbox cache
 (`$TRL_SAIL_CACHE/sandbox`, default `~/.cache/trl_sail/sandbox`), so later sessions start at once; point
@@ -30,5 +31,14 @@ from trl_sail.sandbox import SandboxWorld
 def sandbox_test_world() -> SandboxWorld:
     """The sandbox's `"test"` world, its base model pretrained (or loaded from the cache) once per session."""
     world = SandboxWorld("test", log=None)
+    world.pipeline_path  # noqa: B018 - pretrain (or find in the cache) up front, once per session
+    return world
+
+
+@pytest.fixture(scope="session")
+def sandbox_sd3_test_world() -> SandboxWorld:
+    """The sandbox's `"sd3-test"` world (an SD3-type flow-matching transformer), pretrained (about 1.5 minutes on one
+    CPU core) or loaded from the cache once per session."""
+    world = SandboxWorld("sd3-test", log=None)
     world.pipeline_path  # noqa: B018 - pretrain (or find in the cache) up front, once per session
     return world

@@ -16,7 +16,8 @@
 
 - `scenes`: prompts like `"a small red circle at left on blue"` and the 32x32 renderer that draws them;
 - `human`: `SimulatedHuman`, a deterministic score (prompt alignment + taste) and Bradley-Terry labels with ties;
-- `pretrain`: pretraining a tiny SD1.5-architecture pipeline (VAE, text encoder, UNet) on rendered scenes;
+- `pretrain`: pretraining a tiny SD1.5-architecture pipeline (VAE, text encoder, UNet) on rendered scenes, or an
+  SD3-architecture one (flow-matching transformer) for the `sd3` worlds;
 - `sampling`: `generate_images`, one fixed seed per image;
 - `preferences`: `build_preference_dataset`, Pick-a-Pic-style pairs of the model's own samples;
 - `evaluate`: `evaluate_pipeline`, mean human score and paired win rate with standard errors;

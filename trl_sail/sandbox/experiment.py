@@ -97,6 +97,8 @@ class ExperimentSettings:
 
 
 TEST_SETTINGS = dict(prompts_per_round=32, num_candidates=4, num_reward_draws=4, world="test")
+# Worlds run with `TEST_SETTINGS` by default (`run_experiment`): the small CI worlds.
+TEST_WORLDS = ("test", "sd3-test")
 
 
 # ----------------------------------------------------------------------------------------------------- statistics
@@ -219,7 +221,9 @@ def _sail_config(output_dir: str, settings: ExperimentSettings, world, seed: int
         num_reward_draws=settings.num_reward_draws,
         sampling_num_inference_steps=world.config.num_inference_steps,
         sampling_guidance_scale=world.config.guidance_scale,
-        sampling_scheduler="ddim",
+        # SAIL's rounds sample as the world does (`sampling.generate_images`): DDIM for an SD1.5 world, the
+        # pipeline's own flow-match scheduler for an SD3 world (which has no DDIM).
+        sampling_scheduler="ddim" if world.config.family == "sd15" else None,
         generation_batch_size=16,
         scoring_batch_size=256,
         mixup_alpha=settings.mixup_alpha,
@@ -630,7 +634,7 @@ def run_experiment(
     output_dir: str = "sandbox-run", world: str | None = None, extras: bool = False, **overrides
 ) -> dict:
     """Run the sandbox experiment (the README's main job) and write `output_dir/report.md`."""
-    values = dict(TEST_SETTINGS) if world == "test" else {}
+    values = dict(TEST_SETTINGS) if world in TEST_WORLDS else {}
     if world is not None:
         values["world"] = world
     values.update(overrides)

@@ -45,10 +45,29 @@ from dataclasses import asdict
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+)
+from transformers import CLIPTextModelWithProjection, T5EncoderModel, T5TokenizerFast
 
-from ..tiny import build_tiny_pipeline, build_tiny_vae
-from .scenes import ATTRIBUTES, COLORS, POSITIONS, SHAPES, SIZES, all_scenes, parse_prompt, random_scene, render_scene
+from ..models import StableDiffusion3Model, TimestepSampling
+from ..tiny import TINY_CHARACTERS, build_tiny_pipeline, build_tiny_vae
+from .scenes import (
+    ATTRIBUTES,
+    COLORS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    all_prompts,
+    all_scenes,
+    parse_prompt,
+    random_scene,
+    render_scene,
+)
 
 
 BUNDLED_VAE_DIR = os.path.join(os.path.dirname(__file__), "weights", "vae")
@@ -176,13 +195,16 @@ def train_text_encoder(
     targets = torch.tensor([[choices[a].index(attrs[a]) for a in ATTRIBUTES] for attrs in parsed])
     hidden = text_encoder.config.hidden_size
     heads = torch.nn.ModuleList(torch.nn.Linear(hidden, len(choices[a])) for a in ATTRIBUTES)
-    parameters = list(text_encoder.parameters()) + list(heads.parameters())
+    # SD3's encoders have a projection on top; the warm start trains the CLIP text model under it (its pooled output),
+    # so an SD1.5 encoder is trained exactly as before (same parameters in the same order).
+    encoder = text_encoder.text_model if isinstance(text_encoder, CLIPTextModelWithProjection) else text_encoder
+    parameters = list(encoder.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
     text_encoder.train()
     running = None
     for step in range(steps):
         rows = torch.randint(len(vocabulary), (batch_size,), generator=generator)
-        pooled = text_encoder(token_ids[rows]).pooler_output
+        pooled = encoder(token_ids[rows]).pooler_output
         logits = [head(pooled) for head in heads]
         loss = sum(F.cross_entropy(logit, targets[rows, i]) for i, logit in enumerate(logits))
         correct = [logit.argmax(-1) == targets[rows, i] for i, logit in enumerate(logits)]
@@ -193,6 +215,14 @@ def train_text_encoder(
             log(f"text encoder step {step + 1}/{steps} attribute accuracy {running:.3f}")
     text_encoder.eval()
     return running
+
+
+def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, ema_decay: float) -> None:
+    """One EMA update after optimizer step `step` (0-based), with the warmup `min(ema_decay, (1 + step) / (10 + step))`."""
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for ema_parameter, parameter in zip(ema.parameters(), model.parameters()):
+            ema_parameter.lerp_(parameter, 1.0 - decay)
 
 
 def train_denoiser(
@@ -250,10 +280,7 @@ def train_denoiser(
         prediction = unet(noisy, timesteps, encoder_hidden_states).sample
         loss = F.mse_loss(prediction, noise)
         _optimizer_step(optimizer, loss, modules.parameters(), scheduler)
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema_parameter, parameter in zip(ema.parameters(), modules.parameters()):
-                ema_parameter.lerp_(parameter, 1.0 - decay)
+        _update_ema(ema, modules, step, ema_decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if log is not None and (step + 1) % max(1, steps // 10) == 0:
             log(f"denoiser step {step + 1}/{steps} loss {running:.4f}")
@@ -337,8 +364,27 @@ def pretrain_bundled_vae(directory: str = BUNDLED_VAE_DIR, log: Callable[[str], 
     return directory
 
 
+def _save_world(pipeline, directory: str, config, timings: dict, start: float, statistics: dict, log) -> str:
+    """Save a pretrained world's pipeline and `sandbox_world.json` (its configuration, timings and `statistics`)."""
+    pipeline.save_pretrained(directory)
+    timings["total_s"] = time.perf_counter() - start
+    metadata = {
+        "world": asdict(config),
+        "timings": {key: round(value, 1) for key, value in timings.items()},
+        **statistics,
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    with open(os.path.join(directory, "sandbox_world.json"), "w") as f:
+        json.dump(metadata, f, indent=2)
+    if log is not None:
+        log(f"pretrained sandbox world {config.name!r} in {timings['total_s']:.0f}s: {metadata['timings']}")
+    return directory
+
+
 def pretrain_pipeline(directory: str, config, log: Callable[[str], None] | None = print) -> str:
-    """Build a tiny SD1.5-architecture pipeline in `directory`, pretrain it on rendered scenes, save it there.
+    """Build a tiny SD1.5-architecture pipeline (or, with `config.family == "sd3"`, an SD3-architecture one, see
+    `pretrain_sd3_pipeline`) in `directory`, pretrain it on rendered scenes, save it there.
 
     Args:
         directory (`str`): where the pipeline is written (created, or overwritten).
@@ -348,6 +394,8 @@ def pretrain_pipeline(directory: str, config, log: Callable[[str], None] | None 
     Returns:
         `str`: `directory`.
     """
+    if config.family == "sd3":
+        return pretrain_sd3_pipeline(directory, config, log)
     timings = {}
     start = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -423,24 +471,209 @@ def pretrain_pipeline(directory: str, config, log: Callable[[str], None] | None 
         log=log,
     )
     timings["denoiser_s"] = time.perf_counter() - begin
-    pipeline.save_pretrained(directory)
-    timings["total_s"] = time.perf_counter() - start
-
-    metadata = {
-        "world": asdict(config),
-        "timings": {key: round(value, 1) for key, value in timings.items()},
+    statistics = {
         "vae": vae_stats,
         "vae_scaling_factor": pipeline.vae.config.scaling_factor,
         "text_encoder_attribute_accuracy": text_accuracy,
         "denoiser_loss": denoiser_loss,
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
         "unet_parameters": sum(p.numel() for p in pipeline.unet.parameters()),
         "text_encoder_parameters": sum(p.numel() for p in pipeline.text_encoder.parameters()),
         "vae_parameters": sum(p.numel() for p in pipeline.vae.parameters()),
     }
-    with open(os.path.join(directory, "sandbox_world.json"), "w") as f:
-        json.dump(metadata, f, indent=2)
-    if log is not None:
-        log(f"pretrained sandbox world {config.name!r} in {timings['total_s']:.0f}s: {metadata['timings']}")
-    return directory
+    return _save_world(pipeline, directory, config, timings, start, statistics, log)
+
+
+# ----------------------------------------------------------------------------------------------- the SD3-type world
+def write_word_t5_tokenizer(directory: str, max_length: int = 16) -> T5TokenizerFast:
+    """A `T5TokenizerFast` whose unigram vocabulary holds every word of the sandbox's prompts (one token per word, so
+    a prompt is 8 tokens + `</s>` and fits `max_length` untruncated) and single characters for any other text."""
+    words = sorted({word for prompt in all_prompts() for word in prompt.split()})
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    vocab += [("\u2581" + word, -1.0) for word in words] + [(c, -1.0) for c in TINY_CHARACTERS]
+    tokenizer = T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=max_length)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def build_sd3_world_pipeline(config) -> StableDiffusion3Pipeline:
+    """The untrained SD3-type pipeline of a world: `trl_sail.tiny`'s SD3 text encoders (two CLIPs with projection),
+    a word-level T5 (`t5_max_length` tokens), an SD3 transformer of the world's size on 4-channel latents, the bundled
+    VAE (its `shift_factor` and `scaling_factor` are set from the corpus later) and a flow-match Euler scheduler."""
+    with tempfile.TemporaryDirectory() as scratch:
+        build_tiny_pipeline(
+            scratch,
+            kind="sd3",
+            image_size=config.image_size,
+            seed=config.seed,
+            text_hidden_size=config.text_hidden_size,
+        )
+        tiny = StableDiffusion3Pipeline.from_pretrained(scratch)
+        tokenizer_3 = write_word_t5_tokenizer(os.path.join(scratch, "word_tokenizer"), config.t5_max_length)
+        vae = AutoencoderKL.from_pretrained(BUNDLED_VAE_DIR)
+    t5_config = copy.deepcopy(tiny.text_encoder_3.config)
+    t5_config.vocab_size = len(tokenizer_3)
+    torch.manual_seed(config.seed + 4)
+    text_encoder_3 = T5EncoderModel(t5_config)
+    latent_size = config.image_size // 4
+    joint_dim = 2 * config.text_hidden_size  # both CLIPs' states side by side, the T5 width (as in trl_sail.tiny)
+    transformer = SD3Transformer2DModel(
+        sample_size=latent_size,
+        patch_size=config.patch_size,
+        in_channels=vae.config.latent_channels,
+        out_channels=vae.config.latent_channels,
+        num_layers=config.transformer_layers,
+        attention_head_dim=config.transformer_head_dim,
+        num_attention_heads=config.transformer_heads,
+        joint_attention_dim=joint_dim,
+        caption_projection_dim=config.transformer_heads * config.transformer_head_dim,
+        pooled_projection_dim=joint_dim,
+        pos_embed_max_size=latent_size // config.patch_size,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=config.flow_shift),
+        vae=vae,
+        text_encoder=tiny.text_encoder,
+        tokenizer=tiny.tokenizer,
+        text_encoder_2=tiny.text_encoder_2,
+        tokenizer_2=tiny.tokenizer_2,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    )
+
+
+def train_flow_denoiser(
+    model: StableDiffusion3Model,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    pooled_prompt_embeds: torch.Tensor,
+    prompt_index: torch.Tensor,
+    empty_index: int,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    empty_prompt_rate: float,
+    ema_decay: float,
+    seed: int,
+    log,
+) -> float:
+    """Train `model.denoiser` (the SD3 transformer) in place on the family's flow-matching loss; load its EMA weights
+    at the end. Returns the final (smoothed) loss.
+
+    Noising, target, timestep density and the transformer call are the family's (`sample_timesteps`,
+    `noisy_input_and_target`, `denoiser_forward`): the objective the trainers fine-tune with. The text encoders are
+    frozen, so the conditioning of each prompt is precomputed (`prompt_embeds[i]`, `pooled_prompt_embeds[i]` for
+    vocabulary entry i; `latents[j]` has prompt `prompt_index[j]`; entry `empty_index` is `""`).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    transformer = model.denoiser
+    transformer.train()
+    ema = copy.deepcopy(transformer).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=learning_rate, weight_decay=1e-4)
+    scheduler = _cosine_schedule(optimizer, steps)
+    running = None
+    for step in range(steps):
+        rows = torch.randint(len(latents), (batch_size,), generator=generator)
+        clean = latents[rows]
+        ids = prompt_index[rows].clone()
+        ids[torch.rand(batch_size, generator=generator) < empty_prompt_rate] = empty_index
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = model.sample_timesteps(batch_size, generator)
+        noisy, target = model.noisy_input_and_target(clean, noise, timesteps)
+        conditioning = model.conditioning(prompt_embeds[ids], pooled_prompt_embeds[ids])
+        prediction = model.denoiser_forward(transformer, noisy, timesteps, conditioning)
+        loss = F.mse_loss(prediction.float(), target)
+        _optimizer_step(optimizer, loss, transformer.parameters(), scheduler)
+        _update_ema(ema, transformer, step, ema_decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if log is not None and (step + 1) % max(1, steps // 10) == 0:
+            log(f"denoiser step {step + 1}/{steps} loss {running:.4f}")
+    transformer.load_state_dict(ema.state_dict())
+    transformer.eval()
+    return running
+
+
+def pretrain_sd3_pipeline(directory: str, config, log: Callable[[str], None] | None = print) -> str:
+    """Build a tiny SD3-architecture pipeline in `directory`, pretrain it on rendered scenes, save it there.
+
+    Stages: (1) the bundled VAE with SD3's latent convention (`shift_factor` = the corpus latents' mean,
+    `scaling_factor` = 1 / std of the shifted latents); (2) the warm start of both CLIP text encoders, as the SD1.5
+    world's (`train_text_encoder`), after which every text encoder is frozen (the T5 is a random word embedder); (3)
+    the transformer from scratch with the family's flow-matching objective, `empty_prompt_rate` empty prompts, EMA.
+    """
+    timings = {}
+    start = time.perf_counter()
+    if config.image_size != BUNDLED_VAE_SETTINGS["image_size"]:
+        raise ValueError(
+            f"An SD3 sandbox world uses the bundled VAE: image_size must be {BUNDLED_VAE_SETTINGS['image_size']}."
+        )
+    pipeline = build_sd3_world_pipeline(config)
+    images, prompts = render_corpus(config.corpus_size, config.image_size, seed=config.seed)
+    timings["render_s"] = time.perf_counter() - start
+
+    begin = time.perf_counter()
+    pipeline.vae.requires_grad_(False)
+    raw = encode_corpus(pipeline.vae, _to_tensor(images))
+    shift_factor = float(raw.mean())
+    scaling_factor = float(1.0 / (raw - shift_factor).std())
+    pipeline.vae.register_to_config(shift_factor=shift_factor, scaling_factor=scaling_factor)
+    latents = ((raw - shift_factor) * scaling_factor).contiguous()  # what `encode_images` gives with these factors
+    with open(os.path.join(BUNDLED_VAE_DIR, "sandbox_vae.json")) as f:
+        vae_stats = {**json.load(f), "bundled": True, "shift_factor": shift_factor, "scaling_factor": scaling_factor}
+    timings["vae_s"] = time.perf_counter() - begin
+
+    begin = time.perf_counter()
+    text_accuracy = [
+        train_text_encoder(
+            encoder,
+            tokenizer,
+            prompts,
+            steps=config.text_pretrain_steps,
+            batch_size=config.text_pretrain_batch_size,
+            learning_rate=config.text_pretrain_learning_rate,
+            seed=config.seed + offset,
+            log=log,
+        )
+        for encoder, tokenizer, offset in (
+            (pipeline.text_encoder, pipeline.tokenizer, 2),
+            (pipeline.text_encoder_2, pipeline.tokenizer_2, 5),
+        )
+    ]
+    model = StableDiffusion3Model(pipeline)  # freezes the VAE and the text encoders
+    model.set_timestep_sampling(TimestepSampling(density=config.timestep_density))
+    vocabulary = sorted(set(prompts)) + [""]
+    index = {prompt: i for i, prompt in enumerate(vocabulary)}
+    embeds, pooled = zip(*(model.encode_prompts(vocabulary[i : i + 256]) for i in range(0, len(vocabulary), 256)))
+    prompt_embeds, pooled_prompt_embeds = torch.cat(embeds), torch.cat(pooled)
+    timings["text_encoder_s"] = time.perf_counter() - begin
+
+    begin = time.perf_counter()
+    torch.manual_seed(config.seed + 3)
+    denoiser_loss = train_flow_denoiser(
+        model,
+        latents,
+        prompt_embeds,
+        pooled_prompt_embeds,
+        torch.tensor([index[p] for p in prompts]),
+        index[""],
+        steps=config.unet_steps,
+        batch_size=config.unet_batch_size,
+        learning_rate=config.unet_learning_rate,
+        empty_prompt_rate=config.empty_prompt_rate,
+        ema_decay=config.ema_decay,
+        seed=config.seed + 3,
+        log=log,
+    )
+    timings["denoiser_s"] = time.perf_counter() - begin
+    statistics = {
+        "vae": vae_stats,
+        "text_encoder_attribute_accuracy": text_accuracy,
+        "denoiser_loss": denoiser_loss,
+        "transformer_parameters": sum(p.numel() for p in pipeline.transformer.parameters()),
+        "text_encoder_parameters": [
+            sum(p.numel() for p in encoder.parameters())
+            for encoder in (pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3)
+        ],
+        "vae_parameters": sum(p.numel() for p in pipeline.vae.parameters()),
+    }
+    return _save_world(pipeline, directory, config, timings, start, statistics, log)

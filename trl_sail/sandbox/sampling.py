@@ -22,6 +22,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline
 from PIL import Image
 
 from ..evaluation.report import make_grid as make_padded_grid
+from ..models import StableDiffusion3Model, model_for_pipeline
 from ..models import load_pipeline as load_diffusion_pipeline
 
 
@@ -43,18 +44,23 @@ def generate_images(
     eta: float = 0.0,
     batch_size: int = 64,
 ) -> np.ndarray:
-    """Sample one image per `(prompts[i], seeds[i])` with DDIM (eta 0), deterministic given the seed.
+    """Sample one image per `(prompts[i], seeds[i])` with DDIM (eta 0), or for an SD3-type pipeline with its own
+    flow-match Euler scheduler, deterministic given the seed.
 
     Each image's initial noise comes from its own `torch.Generator` seeded with `seeds[i]`, so an image does not depend
-    on the batch it was sampled in (up to float rounding: a different batch size can move a few pixels by one level). The pipeline's own scheduler is swapped for a `DDIMScheduler` with the same
-    noise schedule during the call and restored afterwards.
+    on the batch it was sampled in (up to float rounding: a different batch size can move a few pixels by one level).
+    A DDPM-family (SD1.5-type) pipeline's own scheduler is swapped for a `DDIMScheduler` with the same noise schedule
+    during the call and restored afterwards; an SD3-type pipeline keeps its scheduler (there is no DDIM for flow
+    matching) and ignores `eta`.
 
     Args:
-        pipeline_or_path (`DiffusionPipeline` or `str`): a Stable Diffusion pipeline, or a directory to load one from.
+        pipeline_or_path (`DiffusionPipeline` or `str`): a Stable Diffusion (SD1.5- or SD3-type) pipeline, or a
+            directory to load one from.
         prompts (`Sequence[str]`): one prompt per image.
         seeds (`Sequence[int]`): one seed per image.
-        num_inference_steps (`int`, defaults to `20`): DDIM steps.
+        num_inference_steps (`int`, defaults to `20`): sampling steps.
         guidance_scale (`float`, defaults to `1.5`): classifier-free guidance scale.
+        eta (`float`, defaults to `0.0`): DDIM's eta (SD1.5-type pipelines only).
         batch_size (`int`, defaults to `64`): images per pipeline call.
 
     Returns:
@@ -66,7 +72,13 @@ def generate_images(
         )
     pipeline = load_pipeline(pipeline_or_path)
     original_scheduler = pipeline.scheduler
-    pipeline.scheduler = DDIMScheduler.from_config(original_scheduler.config)
+    if StableDiffusion3Model.matches(pipeline):
+        # A flow-matching model samples with its own (flow-match Euler) scheduler, which has no `eta`, and with the
+        # family's T5 sequence length so that sampling conditions as training does.
+        call_kwargs = model_for_pipeline(pipeline).sampling_kwargs()
+    else:
+        pipeline.scheduler = DDIMScheduler.from_config(original_scheduler.config)
+        call_kwargs = {"eta": eta}
     chunks = []
     try:
         for start in range(0, len(prompts), batch_size):
@@ -76,9 +88,9 @@ def generate_images(
                 batch_prompts,
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
-                eta=eta,
                 generator=generators,
                 output_type="np",
+                **call_kwargs,
             )
             chunks.append(np.clip(np.round(output.images * 255), 0, 255).astype(np.uint8))
     finally:

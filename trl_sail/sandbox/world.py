@@ -72,6 +72,18 @@ _PRETRAINING_FIELDS = (
     "ema_decay",
     "seed",
 )
+# Only in the hash of non-SD1.5 worlds, so the SD1.5 worlds' hashes (and caches) stay what they were.
+_SD3_PRETRAINING_FIELDS = (
+    "family",
+    "transformer_layers",
+    "transformer_heads",
+    "transformer_head_dim",
+    "patch_size",
+    "t5_max_length",
+    "flow_shift",
+    "timestep_density",
+)
+FAMILIES = ("sd15", "sd3")
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,16 @@ class SandboxWorldConfig:
 
         > Parameters that control the base model and its pretraining
 
+        family (`str`, defaults to `"sd15"`): `"sd15"`, a `StableDiffusionPipeline` (UNet, DDPM noise, sampled with
+            DDIM), or `"sd3"`, a `StableDiffusion3Pipeline` (SD3 transformer, flow matching, sampled with its own
+            flow-match Euler scheduler). For `"sd3"` the `unet_*` fields below are the transformer's training settings,
+            the text encoders are frozen after their warm start (`text_encoder_learning_rate` must be 0) and the VAE is
+            the bundled one, with SD3's latent shift (`vae_steps` must be 0); its architecture fields are
+            transformer_layers (`int`, defaults to `4`), transformer_heads (`int`, defaults to `4`),
+            transformer_head_dim (`int`, defaults to `16`), patch_size (`int`, defaults to `2`), t5_max_length
+            (`int`, defaults to `16`: T5 prompt tokens, one per word), flow_shift (`float`, defaults to `3.0`: the
+            flow-match scheduler's shift, SD3's value) and timestep_density (`str`, defaults to `"logit_normal"`: the
+            density pretraining draws timesteps from, see `trl_sail.models.TimestepSampling`).
         image_size (`int`, defaults to `32`): image side in pixels (latents are a quarter of it).
         unet_block_out_channels (`tuple[int, ...]`, defaults to `(32, 64, 64)`): UNet widths, one per resolution.
         text_hidden_size (`int`, defaults to `32`): width of the CLIP text encoder.
@@ -129,6 +151,14 @@ class SandboxWorldConfig:
 
     name: str = "default"
     base_world: str | None = None
+    family: str = "sd15"
+    transformer_layers: int = 4
+    transformer_heads: int = 4
+    transformer_head_dim: int = 16
+    patch_size: int = 2
+    t5_max_length: int = 16
+    flow_shift: float = 3.0
+    timestep_density: str = "logit_normal"
     image_size: int = 32
     unet_block_out_channels: tuple[int, ...] = (32, 64, 64)
     text_hidden_size: int = 32
@@ -172,6 +202,14 @@ class SandboxWorldConfig:
             )
         if self.full_factor < 1:
             raise ValueError(f"full_factor must be at least 1, got {self.full_factor}.")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}.")
+        if self.family == "sd3" and (self.vae_steps != 0 or self.text_encoder_learning_rate != 0):
+            raise ValueError(
+                "An SD3 sandbox world uses the bundled VAE and keeps its text encoders frozen after the warm start: "
+                f"set vae_steps=0 and text_encoder_learning_rate=0 (got {self.vae_steps} and "
+                f"{self.text_encoder_learning_rate})."
+            )
 
     @property
     def cache_name(self) -> str:
@@ -183,6 +221,8 @@ class SandboxWorldConfig:
     def pretraining_hash(self) -> str:
         """Hash of the settings that determine the base model (and the sandbox version)."""
         settings = {name: getattr(self, name) for name in _PRETRAINING_FIELDS}
+        if self.family != "sd15":
+            settings.update({name: getattr(self, name) for name in _SD3_PRETRAINING_FIELDS})
         if self.vae_steps == 0:
             settings["bundled_vae"] = bundled_vae_digest()
         return _hash({"version": SANDBOX_VERSION, **settings})
@@ -191,6 +231,8 @@ class SandboxWorldConfig:
     def data_hash(self) -> str:
         """Hash of the settings that determine the preference datasets, given the base model."""
         names = ("num_inference_steps", "guidance_scale", "alignment_weight", "temperature", "tie_rate")
+        if self.family != "sd15":  # (a different sampler; the SD1.5 worlds' datasets keep their hash)
+            names += ("family",)
         if self.taste != "global":  # (the global taste's datasets keep the hash they had before tastes existed)
             names += ("taste", "taste_key", "taste_seed")
         names += ("split_seed", "num_eval_prompts", "num_pool_prompts", "num_seed_pairs", "full_factor")
@@ -241,6 +283,25 @@ WORLDS = {
         text_pretrain_steps=200,
         unet_steps=600,
         unet_learning_rate=3e-3,
+        num_eval_prompts=32,
+        eval_seeds=(0, 1),
+        num_pool_prompts=128,
+        num_seed_pairs=32,
+    ),
+    # SD3-type worlds (`family="sd3"`): a flow-matching SD3 transformer on the bundled VAE's 4-channel latents, its
+    # own base model; the human and the splits are the `default` / `test` worlds'.
+    "sd3": SandboxWorldConfig(
+        name="sd3", family="sd3", unet_steps=1200, unet_learning_rate=1e-3, text_encoder_learning_rate=0.0
+    ),
+    "sd3-test": SandboxWorldConfig(
+        name="sd3-test",
+        family="sd3",
+        transformer_layers=2,
+        corpus_size=3000,
+        text_pretrain_steps=200,
+        unet_steps=500,
+        unet_learning_rate=1e-3,
+        text_encoder_learning_rate=0.0,
         num_eval_prompts=32,
         eval_seeds=(0, 1),
         num_pool_prompts=128,
@@ -308,7 +369,8 @@ def get_sandbox_pipeline(
         log (`Callable[[str], None]`, *optional*, defaults to `print`): progress messages; `None` silences them.
 
     Returns:
-        `str`: a directory that `DiffusionPipeline.from_pretrained` loads (a `StableDiffusionPipeline`), with
+        `str`: a directory that `DiffusionPipeline.from_pretrained` loads (a `StableDiffusionPipeline`, or a
+        `StableDiffusion3Pipeline` for a world with `family="sd3"`), with
         `sandbox_world.json` describing how it was made.
     """
     config = get_world_config(world)
