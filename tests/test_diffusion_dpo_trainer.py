@@ -37,6 +37,7 @@ from transformers import TrainerCallback
 
 from trl_sail import DiffusionDPOConfig, DiffusionDPOTrainer
 from trl_sail.data import pil_to_tensor
+from trl_sail.rewards import diffusion_dpo_loss
 
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -151,20 +152,27 @@ def test_first_loss_is_ln2_when_policy_equals_reference(tiny_sd15_path, make_pai
     assert log["errors/policy_chosen"] == pytest.approx(log["errors/reference_chosen"], rel=1e-5)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_loss_matches_hand_computation(make_tiny_pipeline, make_pair_dataset, tmp_path, prediction_type):
-    path = make_tiny_pipeline("sd15", prediction_type)
-    beta = 2000.0
+def perturbed_trainer_with_fixed_draws(path, make_pair_dataset, tmp_path, beta):
+    """A trainer whose policy differs from the reference (so the loss has a gradient on both images of a pair), a batch
+    of 4 pairs, and the noise and timesteps `pair_errors` is pinned to."""
     trainer = DiffusionDPOTrainer(path, args=make_args(tmp_path, beta=beta), train_dataset=make_pair_dataset(4))
-    policy = trainer.model
     torch.manual_seed(0)
-    with torch.no_grad():  # make the policy differ from the reference
-        for param in policy.parameters():
+    with torch.no_grad():
+        for param in trainer.model.parameters():
             param.add_(0.01 * torch.randn_like(param))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     noise = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     timesteps = torch.tensor([3, 250, 600, 990])
     trainer.pair_errors = partial(trainer.pair_errors, noise=noise, timesteps=timesteps)
+    return trainer, batch, noise, timesteps
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_matches_hand_computation(make_tiny_pipeline, make_pair_dataset, tmp_path, prediction_type):
+    path = make_tiny_pipeline("sd15", prediction_type)
+    beta = 2000.0
+    trainer, batch, noise, timesteps = perturbed_trainer_with_fixed_draws(path, make_pair_dataset, tmp_path, beta)
+    policy = trainer.model
     loss = trainer.compute_loss(policy, batch)
 
     # By hand, from the base pipeline (the reference) and the policy UNet called directly.
@@ -726,3 +734,48 @@ def test_rpo_alpha_adds_the_chosen_images_nll_in_reward_units(tiny_sd15_path, ma
     assert trainer._metrics["train"]["loss/sft"][-1] == pytest.approx(0.5 * beta * float(policy_w.mean()), rel=1e-5)
     with pytest.raises(ValueError, match="rpo_alpha must be >= 0"):
         make_args(tmp_path, rpo_alpha=-1.0)
+
+
+def test_sdpo_mu_scales_only_the_rejected_gradient_by_the_closed_form_lambda(
+    tiny_sd15_path, make_pair_dataset, tmp_path
+):
+    mu = 0.9
+    trainer, batch, noise, timesteps = perturbed_trainer_with_fixed_draws(
+        tiny_sd15_path, make_pair_dataset, tmp_path, 2000.0
+    )
+    policy = trainer.model
+    latents_w, latents_l, conditioning = trainer.encode_batch(batch)
+    params = [p for p in policy.parameters() if p.requires_grad]
+
+    # By hand: the plain loss's gradient split into its chosen and rejected parts, and lambda from the residuals.
+    (policy_w, policy_l), (ref_w, ref_l) = trainer.pair_errors(policy, latents_w, latents_l, conditioning)
+    plain = diffusion_dpo_loss(policy_w, policy_l, ref_w, ref_l, 2000.0).losses.mean()
+    grad_chosen = torch.autograd.grad(
+        diffusion_dpo_loss(policy_w, policy_l.detach(), ref_w, ref_l, 2000.0).losses.mean(), params, retain_graph=True
+    )
+    grad_rejected = torch.autograd.grad(
+        diffusion_dpo_loss(policy_w.detach(), policy_l, ref_w, ref_l, 2000.0).losses.mean(), params
+    )
+    with torch.no_grad():
+        latents = torch.cat([latents_w, latents_l])
+        t2i = trainer.t2i
+        noisy = t2i.noise_scheduler.add_noise(latents, torch.cat([noise, noise]), torch.cat([timesteps, timesteps]))
+        prediction = t2i.denoiser_forward(policy, noisy, torch.cat([timesteps, timesteps]), conditioning.repeat(2))
+        residual_w, residual_l = (prediction - torch.cat([noise, noise])).chunk(2)
+        overlap = (residual_w * residual_l).sum()
+        assert overlap > 0  # the case the safeguard acts on
+        lam = min(1.0, float((1 - mu) * residual_w.pow(2).sum() / overlap))
+    assert 0.0 < lam < 1.0
+
+    trainer.args.sdpo_mu = mu
+    loss = trainer.compute_loss(policy, batch)
+    torch.testing.assert_close(loss, plain, rtol=1e-6, atol=0)  # the value is plain Diffusion-DPO's
+    grads = torch.autograd.grad(loss, params)
+    for got, chosen, rejected in zip(grads, grad_chosen, grad_rejected):
+        expected = chosen + lam * rejected
+        # lambda = 1 (plain DPO) would differ by (1 - lambda) |g_rejected|, far above this float32 tolerance.
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+    assert not torch.allclose(grads[0], grad_chosen[0] + grad_rejected[0], rtol=1e-3)
+    assert trainer._metrics["train"]["sdpo/loser_scale"][-1] == pytest.approx(lam, rel=1e-5)
+    with pytest.raises(ValueError, match="sdpo_mu must be in"):
+        make_args(tmp_path, sdpo_mu=-0.1)

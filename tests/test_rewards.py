@@ -25,6 +25,8 @@ from trl_sail.rewards import (
     implicit_reward,
     per_image_error,
     preference_probability,
+    scale_gradient,
+    winner_preserving_scale,
 )
 from trl_sail.tiny import build_tiny_scheduler
 
@@ -86,3 +88,35 @@ def test_unsupported_prediction_type_is_refused():
     scheduler = build_tiny_scheduler("sample")
     with pytest.raises(ValueError, match="epsilon' or 'v_prediction"):
         denoising_target(scheduler, torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), torch.tensor([1]))
+
+
+def test_winner_preserving_scale_is_the_closed_form_cap_by_hand():
+    # Residuals (prediction - target) of 2 pairs, 3 numbers each; the gradients of e w.r.t. the predictions are
+    # proportional to w_i * r_i, and lambda = (1 - mu) |g_w|^2 / (g_l . g_w), clipped to [0, 1].
+    chosen = torch.tensor([[1.0, 0.0, 2.0], [0.5, -1.0, 0.0]])
+    rejected = torch.tensor([[2.0, 1.0, 3.0], [1.0, 0.0, 1.0]])
+    gw2 = 1 + 4 + 0.25 + 1  # 6.25
+    overlap = (2 + 0 + 6) + (0.5 + 0 + 0)  # 8.5
+    expected = (1 - 0.3) * gw2 / overlap
+    assert float(winner_preserving_scale(chosen, rejected, None, mu=0.3)) == pytest.approx(expected, rel=1e-6)
+    # Per-draw weights enter squared: pair 1 weighted 2, pair 2 weighted 1.
+    weights = torch.tensor([2.0, 1.0])
+    gw2_w, overlap_w = 4 * 5 + 1.25, 4 * 8 + 0.5
+    assert float(winner_preserving_scale(chosen, rejected, weights, mu=0.3)) == pytest.approx(
+        0.7 * gw2_w / overlap_w, rel=1e-6
+    )
+    # No conflict (g_l . g_w <= 0): the rejected gradient is kept whole; a cap above 1 is clipped to 1; mu = 1 stops
+    # the rejected gradient whenever it conflicts.
+    assert float(winner_preserving_scale(chosen, -rejected, None, mu=0.3)) == 1.0
+    assert float(winner_preserving_scale(chosen, 0.1 * rejected, None, mu=0.0)) == 1.0
+    assert float(winner_preserving_scale(chosen, rejected, None, mu=1.0)) == 0.0
+    with pytest.raises(ValueError, match="sdpo_mu must be in"):
+        winner_preserving_scale(chosen, rejected, None, mu=1.5)
+
+
+def test_scale_gradient_keeps_the_value_and_scales_the_gradient():
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    y = scale_gradient(x.pow(2), torch.tensor(0.25))
+    torch.testing.assert_close(y, torch.tensor([1.0, 4.0]))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, 0.25 * 2 * torch.tensor([1.0, 2.0]))

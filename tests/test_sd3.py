@@ -183,9 +183,9 @@ def test_flow_only_settings_are_refused_where_they_make_no_sense(
 # ----------------------------------------------------------------------------------------------- forward process
 @pytest.mark.parametrize("weighting", ["none", "sigma_sqrt", "cosmap"])
 def test_trainer_noises_and_targets_as_rectified_flow_by_hand(sd3_path, make_pair_dataset, tmp_path, weighting):
-    trainer = DiffusionDPOTrainer(
-        sd3_path, args=make_args(tmp_path, loss_weighting=weighting), train_dataset=make_pair_dataset(2)
-    )
+    # With the Diffusion-SDPO safeguard on: it leaves the errors alone and reads its scale from the weighted residuals.
+    args = make_args(tmp_path, loss_weighting=weighting, sdpo_mu=0.9)
+    trainer = DiffusionDPOTrainer(sd3_path, args=args, train_dataset=make_pair_dataset(2))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     latents_w, latents_l, conditioning = trainer.encode_batch(batch)
     assert latents_w.shape[1] == 16  # SD3's 16-channel latents
@@ -213,6 +213,11 @@ def test_trainer_noises_and_targets_as_rectified_flow_by_hand(sd3_path, make_pai
         torch.testing.assert_close(model_t, (sigma * T).float(), rtol=1e-5, atol=1e-3)
         hand = hand_weight(sigma, weighting).float() * (output - target).pow(2).mean(dim=(1, 2, 3))
         torch.testing.assert_close(errors, hand, rtol=1e-5, atol=0)
+        if name == "policy":  # lambda = min(1, (1 - mu) |g_w|^2 / (g_l . g_w)), g = weight * residual per draw
+            g_w, g_l = (hand_weight(sigma, weighting).float().view(-1, 1, 1, 1) * (output - target)).chunk(2)
+            hand_scale = min(1.0, float(0.1 * g_w.pow(2).sum() / (g_l * g_w).sum()))
+    mode = "train" if trainer.model.training else "eval"
+    assert trainer._metrics[mode]["sdpo/loser_scale"] == [pytest.approx(hand_scale, rel=1e-4)]
     assert sigma[0] > 0.98 and sigma[1] < 0.15  # t = 950 is nearly pure noise, t = 40 nearly the image
 
 

@@ -101,6 +101,12 @@ class DiffusionDPOConfig(TrainingArguments):
             the loss becomes `dpo_loss + rpo_alpha * (beta / 2) * e_policy(x_w)`, where `(beta / 2) e` is the negative
             log-likelihood the implicit reward is read from. It keeps the winners' denoising error from rising (what
             Diffusion-DPO tends to do to winners and losers alike). `None` (default) is plain Diffusion-DPO.
+        sdpo_mu (`float`, *optional*):
+            Diffusion-SDPO's winner-preserving safeguard (Fu et al., 2025), with margin `mu` in [0, 1] (its authors'
+            scripts use 0.9): in each micro-batch the rejected images' gradient is scaled by the largest `lambda` in
+            [0, 1] for which the step does not raise the chosen images' denoising error to first order (gradients
+            taken with respect to the predictions, as the paper approximates them). The loss value is unchanged; the
+            scale is logged as `sdpo/loser_scale`. `None` (default) is plain Diffusion-DPO.
 
         > Parameters that control validation images
 
@@ -170,6 +176,10 @@ class DiffusionDPOConfig(TrainingArguments):
     rpo_alpha: float | None = field(
         default=None, metadata={"help": "Weight of the chosen images' denoising NLL added to the loss (as TRL's)."}
     )
+    sdpo_mu: float | None = field(
+        default=None,
+        metadata={"help": "Diffusion-SDPO winner-preserving margin mu in [0, 1] (authors: 0.9); None = plain DPO."},
+    )
     timestep_density: str | None = field(
         default=None,
         metadata={
@@ -203,6 +213,10 @@ class DiffusionDPOConfig(TrainingArguments):
             )
         if self.rpo_alpha is not None and self.rpo_alpha < 0:
             raise ValueError(f"rpo_alpha must be >= 0 (or None for plain Diffusion-DPO), got {self.rpo_alpha}.")
+        if self.sdpo_mu is not None and not 0.0 <= self.sdpo_mu <= 1.0:
+            raise ValueError(
+                f"sdpo_mu must be in [0, 1] (or None for plain Diffusion-DPO), got {self.sdpo_mu}; its authors use 0.9."
+            )
         # Checks the density/weighting names and logit_std now; the family checks the weighting fits the model.
         self.timestep_sampling(default_density="uniform")
         if not 0.0 <= self.proportion_empty_prompts <= 1.0:

@@ -56,7 +56,7 @@ from .models import (
     resolve_dtype,
     set_trained_unet_precision,
 )
-from .rewards import diffusion_dpo_loss
+from .rewards import diffusion_dpo_loss, scale_gradient, weighted_errors, winner_preserving_scale
 from .seeding import TRAINING_STEP, derived_generator
 from .validation import ValidationImagesCallback
 
@@ -342,14 +342,24 @@ class DiffusionDPOTrainer(Trainer):
             torch.cat([timesteps, timesteps]),
             conditioning.repeat(2),
         )
-        policy = self.t2i.denoising_errors(unet, latents, noise, timesteps, conditioning)
+        residuals, weights = self.t2i.denoising_residuals(unet, latents, noise, timesteps, conditioning)
+        policy_w, policy_l = weighted_errors(residuals, weights).chunk(2)
+        if self.args.sdpo_mu is not None:
+            # Diffusion-SDPO: shrink the rejected images' gradient where it would raise the chosen images' error.
+            pair_weights = None if weights is None else weights.chunk(2)[0]
+            loser_scale = winner_preserving_scale(*residuals.chunk(2), pair_weights, self.args.sdpo_mu)
+            policy_l = scale_gradient(policy_l, loser_scale)
+            mode = "train" if unet.training else "eval"
+            self._metrics[mode]["sdpo/loser_scale"].append(
+                float(self.accelerator.gather_for_metrics(loser_scale.detach()[None]).mean())
+            )
         # accelerate puts autocast on the trained model's forward only: a separate frozen reference UNet must get the
         # same mixed precision explicitly, or it runs in float32 (slower, and not the policy's numerics). The view
         # runs it in eval mode (no dropout).
         autocast = compute_autocast(self.accelerator.device, self.autocast_dtype)
         with torch.no_grad(), autocast, self.reference.active() as reference_unet:
             reference = self.t2i.denoising_errors(reference_unet, latents, noise, timesteps, conditioning)
-        return policy.chunk(2), reference.chunk(2)
+        return (policy_w, policy_l), reference.chunk(2)
 
     def _training_generator(self) -> torch.Generator:
         """The RNG of one training micro-batch (its noise, timesteps and empty-prompt dropout).

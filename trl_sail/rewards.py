@@ -43,7 +43,43 @@ def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, time
 
 def per_image_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """e(x): mean over every non-batch dimension of the squared error, in float32. Shape `[batch]`."""
-    return (prediction.float() - target.float()).pow(2).mean(dim=tuple(range(1, prediction.ndim)))
+    return weighted_errors(prediction.float() - target.float())
+
+
+def weighted_errors(residuals: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """e(x) from the residuals `prediction - target`: the mean square over every non-batch dimension, times each
+    draw's weight (flow-matching loss weightings; `None` = unweighted). Shape `[batch]`."""
+    errors = residuals.pow(2).mean(dim=tuple(range(1, residuals.ndim)))
+    return errors if weights is None else errors * weights.to(errors)
+
+
+def winner_preserving_scale(
+    chosen_residuals: torch.Tensor,
+    rejected_residuals: torch.Tensor,
+    weights: torch.Tensor | None,
+    mu: float,
+) -> torch.Tensor:
+    """Diffusion-SDPO's scale lambda in [0, 1] of the rejected images' error gradient (Fu et al., 2025).
+
+    The Diffusion-DPO step moves the chosen errors by -g_w and the rejected ones by +lambda g_l. With the gradients
+    taken in output space (the predictions, as the paper approximates them: g = d e / d prediction, summed over the
+    micro-batch), the chosen errors do not rise to first order when (-g_w + lambda g_l) . g_w <= -mu |g_w|^2, i.e.
+    lambda <= (1 - mu) |g_w|^2 / (g_l . g_w) when g_l . g_w > 0; otherwise lambda = 1 (the gradients do not conflict).
+    One scalar per micro-batch, no gradient through it.
+    """
+    if not 0.0 <= mu <= 1.0:
+        raise ValueError(f"sdpo_mu must be in [0, 1], got {mu}.")
+    # d e_i / d prediction_i = 2 w_i r_i / D: the common factor 2 / D cancels in the ratio.
+    scale = 1.0 if weights is None else weights.to(chosen_residuals).view(-1, *[1] * (chosen_residuals.ndim - 1))
+    grad_w, grad_l = (chosen_residuals * scale).detach().flatten(), (rejected_residuals * scale).detach().flatten()
+    overlap = grad_l @ grad_w
+    cap = (1.0 - mu) * (grad_w @ grad_w) / overlap.clamp_min(torch.finfo(overlap.dtype).tiny)
+    return torch.where(overlap > 0, cap.clamp(0.0, 1.0), torch.ones_like(cap))
+
+
+def scale_gradient(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`values` in the forward pass, `scale * d values` in the backward pass."""
+    return values.detach() + scale * (values - values.detach())
 
 
 def implicit_reward(policy_error: torch.Tensor, reference_error: torch.Tensor, beta: float) -> torch.Tensor:

@@ -40,7 +40,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from diffusers.utils import convert_state_dict_to_diffusers
 
-from ..rewards import denoising_target, per_image_error
+from ..rewards import denoising_target, weighted_errors
 from .weights import cast, denoiser_in_pipeline, resolve_dtype
 
 
@@ -374,6 +374,19 @@ class TextToImageModel:
         dtype = next(denoiser.parameters()).dtype
         return denoiser(noisy.to(dtype), timesteps, **conditioning.to(dtype=dtype).unet_kwargs(), return_dict=False)[0]
 
+    def denoising_residuals(
+        self,
+        denoiser: torch.nn.Module,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        conditioning: UNetConditioning,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prediction - target in float32, the per-draw error weights or `None`): what `denoising_errors` reduces."""
+        noisy, target = self.noisy_input_and_target(latents, noise, timesteps)
+        prediction = self.denoiser_forward(denoiser, noisy, timesteps, conditioning)
+        return prediction.float() - target.float(), self.error_weights(timesteps)
+
     def denoising_errors(
         self,
         denoiser: torch.nn.Module,
@@ -383,10 +396,7 @@ class TextToImageModel:
         conditioning: UNetConditioning,
     ) -> torch.Tensor:
         """Per-image denoising error e(x) of `denoiser` (see `trl_sail.rewards`). Shape `[batch]`."""
-        noisy, target = self.noisy_input_and_target(latents, noise, timesteps)
-        errors = per_image_error(self.denoiser_forward(denoiser, noisy, timesteps, conditioning), target)
-        weights = self.error_weights(timesteps)
-        return errors if weights is None else errors * weights.to(errors)
+        return weighted_errors(*self.denoising_residuals(denoiser, latents, noise, timesteps, conditioning))
 
     # ----- sampling and saving -----
     def sampling_kwargs(self) -> dict:

@@ -28,7 +28,9 @@ once per training seed (`seeds`, at least 3 for a reported number):
   `sail-ours` is the selected round's model), every round trained;
 - `sail-ours-gated`: the library's defaults, which also stop before a self round whose judge is not above chance on
   the exam (`stop_on_unproven_judge`), replayed from the same run's exam numbers;
-- `sail-ours-rpo` (with `rpo_alpha`): the same with the SFT term on chosen images (a loss-side remedy).
+- `sail-ours-rpo` (with `rpo_alpha`): the same with the SFT term on chosen images (a loss-side remedy);
+- `sail-ours-sdpo` (with `sdpo_mu`, the Diffusion-SDPO authors' 0.9): the same with the winner-preserving safeguard in
+  every DPO phase (a loss-side remedy).
 With `extras` (on the first seed): the ablations of the paper's recipe (no mixup, random pairs, `anchor` and
 `cumulative` judges), online DPO (the simulated human judges every self pair) and a fourth round.
 
@@ -83,6 +85,7 @@ class ExperimentSettings:
     judge_holdout_fraction: float = 0.2
     judge_candidates: tuple[str, ...] = ("paper", "anchor", "cumulative", "anchor@500-1000")
     rpo_alpha: float | None = None
+    sdpo_mu: float = 0.9
     workers: int = 3
     recipes: tuple[str, ...] = field(default=("paper", "ours"))
 
@@ -209,7 +212,9 @@ def recipe_overrides(recipe: str, settings: ExperimentSettings) -> dict:
         return ours
     if recipe == "ours-rpo":
         return {**ours, "rpo_alpha": settings.rpo_alpha}
-    raise ValueError(f"Unknown SAIL recipe {recipe!r}: 'paper', 'ours' or 'ours-rpo'.")
+    if recipe == "ours-sdpo":
+        return {**ours, "sdpo_mu": settings.sdpo_mu}
+    raise ValueError(f"Unknown SAIL recipe {recipe!r}: 'paper', 'ours', 'ours-rpo' or 'ours-sdpo'.")
 
 
 def _sail_config(output_dir: str, settings: ExperimentSettings, world, seed: int | None = None, **overrides):
