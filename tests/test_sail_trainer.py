@@ -71,6 +71,7 @@ def unet_output(unet, seed=0):
         ({"judge_holdout_fraction": 1.0}, "judge_holdout_fraction must be in"),
         ({"early_stopping_patience": 0}, "early_stopping_patience must be >= 1"),
         ({"prompts_per_round": [1, 2, 3], "num_rounds": 2}, "one per round"),
+        ({"self_round_sdpo_mu": 1.5}, "self_round_sdpo_mu must be in"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, overrides, message):
@@ -189,6 +190,17 @@ def test_a_fully_collapsed_round_writes_no_pair_and_stops_the_rounds(pipeline_pa
     assert "no self pair" in summaries[1]["stopped"] and summaries[1]["num_tied_prompts_skipped"] == 3
     assert not (tmp_path / "out" / "round_1").exists() and not (tmp_path / "out" / "work" / "round_2").exists()
     assert any("collapse" in r.message for r in caplog.records)
+
+
+def test_self_round_sdpo_mu_puts_the_safeguard_in_the_self_rounds_only(pipeline_path, tmp_path):
+    args = sail_run.sail_config(
+        str(tmp_path / "out"), num_rounds=1, prompts_per_round=4, push_to_hub=False, max_steps=1,
+        self_round_max_steps=1, self_round_sdpo_mu=0.9,
+    )  # fmt: skip
+    summaries = SAILTrainer(pipeline_path, args, sail_run.seed_dataset(), prompt_dataset=sail_run.PROMPTS).train()
+    # The safeguard logs its scale in every step it runs: round 0 is plain Diffusion-DPO (`sdpo_mu` is None).
+    assert "sdpo/loser_scale" not in summaries[0]["metrics"]
+    assert 0.0 <= summaries[1]["metrics"]["sdpo/loser_scale"] <= 1.0
 
 
 # ---------------------------------------------------------------------------------------------------- whole runs

@@ -587,6 +587,8 @@ class SAILTrainer:
             # A DPO phase validates its own data once; images come from the seed set (validated) or from us.
             validate_images=False,
         )
+        if i > 0 and self.args.self_round_sdpo_mu is not None:
+            values["sdpo_mu"] = self.args.self_round_sdpo_mu
         values.pop("logging_dir", None)
         return DiffusionDPOConfig(**values)
 

@@ -37,7 +37,7 @@ import os
 import numpy as np
 import torch
 from datasets import load_from_disk
-from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers import DiffusionPipeline
 
 from ..data import PreferencePairs
 from ..generation import CandidateGenerator, SamplingSettings
@@ -62,9 +62,10 @@ def study(run_dir: str, world_name: str, judges: list[str], num_prompts: int = 6
     ]
     exam_set = PreferencePairs(splits.full.select(unseen[:exam_pairs]))
     base = DiffusionPipeline.from_pretrained(world.pipeline_path)
-    base.scheduler = DDIMScheduler.from_config(base.scheduler.config)
-    base.set_progress_bar_config(disable=True)
     model = TextToImageModel(base)
+    # Candidates are sampled as the world samples: DDIM for an SD1.5 world, the flow-match scheduler for an SD3 one.
+    base.scheduler = model.sampling_scheduler("ddim" if world.config.family == "sd15" else None)
+    base.set_progress_bar_config(disable=True)
     exam = HeldoutExam(exam_set, model, resolution=world.config.image_size, seed=1)
     used = set()
     for i in range(1, 100):
@@ -73,14 +74,15 @@ def study(run_dir: str, world_name: str, judges: list[str], num_prompts: int = 6
             break
         used |= set(load_from_disk(path)["prompt"])
     fresh = [p for p in world.pool_prompts if p not in used][-num_prompts:]
-    unets = {"base": UNetView(base.unet)}
+    unets = {"base": UNetView(model.denoiser)}
     rounds = sorted(
         int(name.split("_")[1]) for name in os.listdir(run_dir) if name.startswith("round_") and name[6:].isdigit()
     )
     results = {}
     for i in [r for r in rounds if r >= 1]:
         for name, r in (("anchor", 0), ("current", i - 1)):
-            unets[name] = UNetView(DiffusionPipeline.from_pretrained(os.path.join(run_dir, f"round_{r}")).unet.eval())
+            round_pipeline = DiffusionPipeline.from_pretrained(os.path.join(run_dir, f"round_{r}"))
+            unets[name] = UNetView(getattr(round_pipeline, model.denoiser_name).eval())
         # Candidates from the round's generating model, judged by every candidate judge.
         settings = SamplingSettings(num_candidates=8, prompts_per_batch=32, **world.sampling_kwargs)
         generator = CandidateGenerator(base, unets["current"].unet, None, settings, directory="unused", seed=77 + i)

@@ -289,13 +289,26 @@ WORLDS = {
         num_seed_pairs=32,
     ),
     # SD3-type worlds (`family="sd3"`): a flow-matching SD3 transformer on the bundled VAE's 4-channel latents, its
-    # own base model; the human and the splits are the `default` / `test` worlds'.
+    # own base model; the human and the splits are the `default` / `test` worlds'. Patch 1 (64 image tokens on the 8x8
+    # latents), flow shift 1 (SD3's 3.0 is for 1024 px images; it sends training, sampling and Diffusion-DPO's timesteps
+    # to high noise) and no guidance (it collapsed the samples' variation between seeds): with SD3's patch 2, shift 3
+    # and guidance 1.5, Diffusion-DPO lowered the human score (docs/sandbox.md, "SD3-type world").
     "sd3": SandboxWorldConfig(
-        name="sd3", family="sd3", unet_steps=1200, unet_learning_rate=1e-3, text_encoder_learning_rate=0.0
+        name="sd3",
+        family="sd3",
+        patch_size=1,
+        flow_shift=1.0,
+        guidance_scale=1.0,
+        unet_steps=1200,
+        unet_learning_rate=1e-3,
+        text_encoder_learning_rate=0.0,
     ),
     "sd3-test": SandboxWorldConfig(
         name="sd3-test",
         family="sd3",
+        patch_size=1,
+        flow_shift=1.0,
+        guidance_scale=1.0,
         transformer_layers=2,
         corpus_size=3000,
         text_pretrain_steps=200,
