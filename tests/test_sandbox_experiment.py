@@ -196,3 +196,68 @@ def test_the_monitor_is_quiet_on_a_healthy_round_and_fires_on_a_planted_collapse
     assert healthy[1]["num_heldout_pairs"] >= 90
     warnings = [w for summary in collapsed[1:] for w in summary.get("warnings", [])]
     assert any("made it worse" in w or "not better than chance" in w for w in warnings), warnings
+
+
+def test_a_label_hungry_world_runs_at_its_frozen_step_budgets(monkeypatch):
+    """`run_experiment` on a world with a frozen label-efficiency sweep trains its arms at that world's best budgets,
+    other worlds at the defaults, and an explicit override still wins."""
+    from trl_sail.sandbox import experiment
+
+    used = []
+
+    class Recorder:
+        def __init__(self, output_dir, settings):
+            used.append(settings)
+
+        def run(self, extras=False):
+            return {}
+
+    monkeypatch.setattr(experiment, "Experiment", Recorder)
+    experiment.run_experiment("unused", world="tiny-seeds")
+    experiment.run_experiment("unused", world="tiny-seeds-bg", anchor_steps=30)
+    experiment.run_experiment("unused", world="few-seeds")
+    assert [(s.world, s.anchor_steps, s.full_steps) for s in used] == [
+        ("tiny-seeds", 5, 120),
+        ("tiny-seeds-bg", 30, 240),
+        ("few-seeds", ExperimentSettings().anchor_steps, ExperimentSettings().full_steps),
+    ]
+    assert used[0].sail_steps == 5 + 3 * used[0].phase_steps
+
+
+def test_the_safeguarded_recipe_gets_a_matched_control_with_the_safeguard(monkeypatch, tmp_path):
+    """With the `ours-sdpo` recipe, the controls include Diffusion-DPO on the seed pairs with the same safeguard for
+    SAIL's steps (the control that separates the self pairs' effect from the safeguard's); the plain controls keep
+    the plain loss."""
+    from types import SimpleNamespace
+
+    from trl_sail.sandbox import experiment
+
+    trained = {}
+
+    class FakeTrainer:
+        def __init__(self, model, args, train_dataset):
+            trained[os.path.basename(args.output_dir)] = (args.max_steps, args.sdpo_mu, len(train_dataset))
+
+        def train(self, resume_from_checkpoint=None):
+            pass
+
+        def save_model(self):
+            pass
+
+    monkeypatch.setattr(experiment, "DiffusionDPOTrainer", FakeTrainer)
+    run = Experiment.__new__(Experiment)
+    run.output_dir, run.log, run.timings, run.base_path = str(tmp_path), lambda message: None, {}, "base"
+    run.data = SimpleNamespace(seed=[0] * 4, full=[0] * 64)
+    recorded = []
+    run.record = lambda arm, method, pairs, path, seed: recorded.append(arm)
+    for recipes, expected in ((("paper", "ours"), False), (("ours", "ours-sdpo"), True)):
+        trained.clear()
+        run.settings = ExperimentSettings(recipes=recipes, anchor_steps=5, full_steps=120)
+        run.run_controls(seed=0)
+        steps = run.settings.sail_steps
+        assert trained["dpo_seed_matched"] == (steps, None, 4)
+        assert trained["dpo_full"] == (120, None, 64) and trained["dpo_full_matched"] == (steps, None, 64)
+        assert ("dpo_seed_matched_sdpo" in trained) == expected
+        if expected:
+            assert trained["dpo_seed_matched_sdpo"] == (steps, run.settings.sdpo_mu, 4)
+            assert "dpo-6%-matched-sdpo" in recorded

@@ -32,6 +32,9 @@ def test_the_family_field_leaves_the_sd15_worlds_hashes_and_enters_the_sd3_ones(
     # The cached SD1.5 worlds stay valid: their hashes are those they had before the family field existed.
     assert (WORLDS["default"].pretraining_hash, WORLDS["default"].data_hash) == ("16932c5a490c", "706df46e5294")
     assert (WORLDS["test"].pretraining_hash, WORLDS["test"].data_hash) == ("1e40c9e26d0b", "d19eafb73398")
+    # The frozen label-hungry worlds reuse the default base model; their datasets are those docs/sandbox.md measured.
+    assert {WORLDS[w].pretraining_hash for w in ("tiny-seeds", "tiny-seeds-bg")} == {"16932c5a490c"}
+    assert (WORLDS["tiny-seeds"].data_hash, WORLDS["tiny-seeds-bg"].data_hash) == ("2945f31c1d33", "089f8280f9f8")
     sd3 = WORLDS["sd3-test"]
     assert sd3.pretraining_hash != replace(sd3, family="sd15").pretraining_hash
     assert sd3.pretraining_hash != replace(sd3, flow_shift=3.0).pretraining_hash

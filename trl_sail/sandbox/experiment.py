@@ -30,7 +30,8 @@ once per training seed (`seeds`, at least 3 for a reported number):
   the exam (`stop_on_unproven_judge`), replayed from the same run's exam numbers;
 - `sail-ours-rpo` (with `rpo_alpha`): the same with the SFT term on chosen images (a loss-side remedy);
 - `sail-ours-sdpo` (with `sdpo_mu`, the Diffusion-SDPO authors' 0.9): the same with the winner-preserving safeguard in
-  every DPO phase (a loss-side remedy).
+  every DPO phase (a loss-side remedy), with its own control `dpo-6%-matched-sdpo` (the safeguard on the seed pairs
+  alone for SAIL's steps).
 With `extras` (on the first seed): the ablations of the paper's recipe (no mixup, random pairs, `anchor` and
 `cumulative` judges), online DPO (the simulated human judges every self pair) and a fourth round.
 
@@ -99,6 +100,13 @@ class ExperimentSettings:
         return self.seeds[0]
 
 
+# Each label-hungry world's step budgets, frozen from its label-efficiency sweep (docs/sandbox.md): Diffusion-DPO on the
+# seed set (`anchor_steps`, also SAIL's round 0) and on the full set (`full_steps`) at their best budgets. Worlds not
+# listed use `ExperimentSettings`' defaults (the `few-seeds` sweep's).
+WORLD_BUDGETS = {
+    "tiny-seeds": dict(anchor_steps=5, full_steps=120),
+    "tiny-seeds-bg": dict(anchor_steps=15, full_steps=240),
+}
 TEST_SETTINGS = dict(prompts_per_round=32, num_candidates=4, num_reward_draws=4, world="test")
 # Worlds run with `TEST_SETTINGS` by default (`run_experiment`): the small CI worlds.
 TEST_WORLDS = ("test", "sd3-test")
@@ -334,12 +342,14 @@ class Experiment:
         grid.save(os.path.join(self.output_dir, "samples", f"{arm}.png"))
 
     # ------------------------------------------------------------------------------------------------- training
-    def _dpo(self, name: str, dataset, steps: int, seed: int) -> str:
+    def _dpo(self, name: str, dataset, steps: int, seed: int, **extra) -> str:
         directory = os.path.join(self.seed_dir(seed), name)
         if not os.path.isfile(os.path.join(directory, "model_index.json")):
             with self.phase(f"{name} ({steps} steps)"):
                 trainer = DiffusionDPOTrainer(
-                    self.base_path, args=_dpo_config(directory, self.settings, steps, seed), train_dataset=dataset
+                    self.base_path,
+                    args=_dpo_config(directory, self.settings, steps, seed, **extra),
+                    train_dataset=dataset,
                 )
                 trainer.train(resume_from_checkpoint=_last_checkpoint(directory))
                 trainer.save_model()
@@ -384,15 +394,32 @@ class Experiment:
                     "SAIL, selected round, unproven judge stops",
                     seed,
                 )
+        self.run_controls(seed)
+        if extras:
+            self.run_extras(seed)
+
+    def run_controls(self, seed: int) -> None:
+        """The Diffusion-DPO controls of training seed `seed`, compute matched to SAIL's optimizer steps."""
+        s, data = self.settings, self.data
+        seed_pairs = len(data.seed)
         matched = self._dpo("dpo_seed_matched", data.seed, s.sail_steps, seed)
         self.record("dpo-6%-matched", f"Diffusion-DPO, {s.sail_steps} steps", seed_pairs, matched, seed)
+        if "ours-sdpo" in s.recipes:
+            # The loss-side remedy's own control: the safeguard on the seed pairs alone for SAIL's steps, which
+            # separates what the self pairs add from what the safeguard adds.
+            matched = self._dpo("dpo_seed_matched_sdpo", data.seed, s.sail_steps, seed, sdpo_mu=s.sdpo_mu)
+            self.record(
+                "dpo-6%-matched-sdpo",
+                f"Diffusion-DPO + SDPO safeguard, {s.sail_steps} steps",
+                seed_pairs,
+                matched,
+                seed,
+            )
         full = self._dpo("dpo_full", data.full, s.full_steps, seed)
         self.record("dpo-100%", f"Diffusion-DPO, {s.full_steps} steps", len(data.full), full, seed)
         if s.full_steps != s.sail_steps:
             full_matched = self._dpo("dpo_full_matched", data.full, s.sail_steps, seed)
             self.record("dpo-100%-matched", f"Diffusion-DPO, {s.sail_steps} steps", len(data.full), full_matched, seed)
-        if extras:
-            self.run_extras(seed)
 
     def run(self, extras: bool = False) -> dict:
         self.record("base", "pretrained", 0, self.base_path)
@@ -639,7 +666,7 @@ def run_experiment(
     output_dir: str = "sandbox-run", world: str | None = None, extras: bool = False, **overrides
 ) -> dict:
     """Run the sandbox experiment (the README's main job) and write `output_dir/report.md`."""
-    values = dict(TEST_SETTINGS) if world in TEST_WORLDS else {}
+    values = dict(TEST_SETTINGS) if world in TEST_WORLDS else dict(WORLD_BUDGETS.get(world, {}))
     if world is not None:
         values["world"] = world
     values.update(overrides)
