@@ -246,6 +246,16 @@ def _hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
+# What every SD3-type world shares (the reasons are given where the worlds are registered below).
+_SD3_WORLD = dict(
+    family="sd3",
+    patch_size=1,
+    flow_shift=1.0,
+    guidance_scale=1.0,
+    unet_learning_rate=1e-3,
+    text_encoder_learning_rate=0.0,
+)
+
 WORLDS = {
     "default": SandboxWorldConfig(name="default"),
     # Worlds whose taste depends on the prompt (see `SimulatedHuman`): it has to be learnt per combination of two
@@ -307,28 +317,14 @@ WORLDS = {
     # latents), flow shift 1 (SD3's 3.0 is for 1024 px images; it sends training, sampling and Diffusion-DPO's timesteps
     # to high noise) and no guidance (it collapsed the samples' variation between seeds): with SD3's patch 2, shift 3
     # and guidance 1.5, Diffusion-DPO lowered the human score (docs/sandbox.md, "SD3-type world").
-    "sd3": SandboxWorldConfig(
-        name="sd3",
-        family="sd3",
-        patch_size=1,
-        flow_shift=1.0,
-        guidance_scale=1.0,
-        unet_steps=1200,
-        unet_learning_rate=1e-3,
-        text_encoder_learning_rate=0.0,
-    ),
+    "sd3": SandboxWorldConfig(name="sd3", **_SD3_WORLD, unet_steps=1200),
     "sd3-test": SandboxWorldConfig(
         name="sd3-test",
-        family="sd3",
-        patch_size=1,
-        flow_shift=1.0,
-        guidance_scale=1.0,
+        **_SD3_WORLD,
         transformer_layers=2,
         corpus_size=3000,
         text_pretrain_steps=200,
         unet_steps=500,
-        unet_learning_rate=1e-3,
-        text_encoder_learning_rate=0.0,
         num_eval_prompts=32,
         eval_seeds=(0, 1),
         num_pool_prompts=128,
